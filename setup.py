@@ -6,9 +6,8 @@ config = ConfigParser(delimiters=['='])
 config.read('settings.ini', encoding='utf-8')
 cfg = config['DEFAULT']
 
-licenses = {'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License')}
+licenses = {'apache2': 'Apache-2.0'}  # SPDX expression
 statuses = ['1 - Planning', '2 - Pre-Alpha', '3 - Alpha', '4 - Beta', '5 - Production/Stable']
-lic = licenses[cfg['license']]
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
 bench_requirements = shlex.split(cfg.get('bench_requirements', ''))
@@ -16,10 +15,9 @@ console_scripts = [s.strip() for s in cfg.get('console_scripts', '').splitlines(
 
 setuptools.setup(
     name=cfg['repo'],
-    license=lic[0],
+    license=licenses[cfg['license']],
     classifiers=['Development Status :: ' + statuses[int(cfg['status'])],
                  'Intended Audience :: ' + cfg['audience'].title(),
-                 'License :: ' + lic[1],
                  'Natural Language :: ' + cfg['language'].title(),
                  'Programming Language :: Python :: 3'],
     url=cfg['git_url'],
