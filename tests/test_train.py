@@ -17,7 +17,7 @@ def cache_dir(tmp_path_factory):
 
 
 def cfg_for(out, cache, stage='both', vae_steps=1, steps=3, **train):
-    sets = [f'data.cache_dir={cache}', f'train.vae_max_steps={vae_steps}', f'train.max_steps={steps}',
+    sets = [f'data.cache_dir={cache}', 'data.batch_size=1', f'train.vae_max_steps={vae_steps}', f'train.max_steps={steps}',
             'train.checkpoint_every=2', 'train.validate_every=100', 'train.log_every=1', 'diffusion.ddim_steps=2', 'train.val_clips=1']
     sets += [f'train.{k}={v}' for k, v in train.items()]
     return tr.make_config('tiny', sets, data_root=ROOT / 'data_samples', output_dir=out, stage=stage)

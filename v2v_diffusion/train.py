@@ -470,7 +470,7 @@ def frozen_vae(cfg: Config, vae_ckpt: dict, d: Dist) -> nn.Module:
     vae.load_state_dict(vae_ckpt['models']['vae'])
     return vae
 
-def training_latents_scale(vae: nn.Module, data: Data, d: Dist, n: int = 16) -> float:
+def training_latents_scale(vae: nn.Module, data: Data, d: Dist, n: int = 8) -> float:
     "`measure_scaling_factor` on up to `n` training thin clips (rank 0's value on every rank)."
     ds = data.train.dataset
     clips = torch.stack([ds[i]['thin'] for i in range(min(n, len(ds)))])
@@ -575,11 +575,10 @@ def read_metrics(output_dir) -> list[dict]:
     return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.is_file() else []
 
 def plot_history(output_dir):
-    "Training loss of each stage and validation PSNR/SSIM of the model next to linear interpolation."
-    from matplotlib.figure import Figure
+    "Training loss of each stage and validation PSNR/SSIM of the model next to linear interpolation (pyplot: shown inline)."
+    import matplotlib.pyplot as plt
     rows = read_metrics(output_dir); stages = [s for s in ('vae', 'diffusion') if any(r['stage'] == s for r in rows)]
-    fig = Figure(figsize=(12, 3 * max(1, len(stages))), layout='constrained')
-    axs = fig.subplots(max(1, len(stages)), 3, squeeze=False)
+    fig, axs = plt.subplots(max(1, len(stages)), 3, squeeze=False, figsize=(12, 3 * max(1, len(stages))), layout='constrained')
     for i, s in enumerate(stages):
         tr, va = [r for r in rows if r['stage'] == s and r['kind'] == 'train'], [r for r in rows if r['stage'] == s and r['kind'] == 'val']
         axs[i, 0].semilogy([r['step'] for r in tr], [r['loss'] for r in tr]); axs[i, 0].set_title(f'{s}: training loss')
