@@ -1,0 +1,29 @@
+"`v2v-demo` end to end. The full demo (`make demo`) is slow; a smoke run with a handful of steps checks the plumbing."
+import json
+from pathlib import Path
+import pytest
+from v2v_diffusion.cli import demo_main
+
+def _check(out: Path, js: dict):
+    md = (out / 'report.md').read_text()
+    for s in ('## Verdict', '| linear interp. |', '| cubic interp. |', '**model (diffusion)**', 'VAE recon. of truth', '## Demo timings'):
+        assert s in md, s
+    assert ('does not beat' in md) or ('beats the best baseline' in md)
+    assert (out / 'report.html').exists() and (out / 'metrics.json').exists() and json.loads((out / 'demo.json').read_text())['test_case']
+    assert len(list((out / 'infer' / 'thin_dicom').glob('*.dcm'))) > 10 and (out / 'infer' / 'thin.nii.gz').exists()
+    assert set(js['summary']) == {'nearest', 'linear', 'cubic', 'model', 'vae'}
+
+@pytest.mark.slow
+def test_demo_smoke(tmp_path):
+    "A few steps of everything (about a minute on 2 cores)."
+    out = tmp_path / 'demo'
+    js = demo_main(['--out', str(out), '--vae-steps', '2', '--diffusion-steps', '2', '--extra-cases', '1'])
+    _check(out, js)
+
+@pytest.mark.slow
+def test_full_demo_within_budget(tmp_path):
+    "`make demo`'s command with its defaults: must finish within 15 minutes on 2 cores."
+    out = tmp_path / 'demo'
+    js = demo_main(['--out', str(out)])
+    _check(out, js)
+    assert js['seconds'] < 15 * 60, js['phases']
