@@ -75,7 +75,7 @@ def test_exact_resume_after_sigterm_and_after_a_kill(tmp_path, cache_dir, monkey
 
 def test_stage1_checkpoint_feeds_stage2(tmp_path, cache_dir):
     out = tmp_path / 'run'
-    s1 = tr.train(cfg_for(out, cache_dir, stage='vae', vae_steps=2, validate_every=1, keep_last=1))
+    s1 = tr.train(cfg_for(out, cache_dir, stage='vae', vae_steps=1, keep_last=1))
     name = Path(s1['vae']['checkpoints']['best']).name
     assert name.startswith('checkpoint_best_epoch_') and name.endswith('_vae_tiny.pt')
     s2 = tr.train(cfg_for(out, cache_dir, stage='diffusion', steps=1))
@@ -85,8 +85,9 @@ def test_stage1_checkpoint_feeds_stage2(tmp_path, cache_dir):
     p = load_pipeline(out)
     assert p.unet is not None and p.scaling_factor == ck2['scaling_factor'] and not p.unet.training
     # an explicit stage-1 file starts stage 2 of another run
-    other = tr.train(cfg_for(tmp_path / 'other', cache_dir, stage='diffusion', steps=1, resume=s1['vae']['checkpoints']['best']))
-    assert other['diffusion']['steps'] == 1
+    other = tr.train(cfg_for(tmp_path / 'other', cache_dir, stage='diffusion', steps=1, cache_latents=True,
+                             resume=s1['vae']['checkpoints']['best']))
+    assert other['diffusion']['steps'] == 1 and (tmp_path / 'other' / 'latents_tiny.pt').is_file()
 
 
 def test_corrupted_checkpoint_is_named(tmp_path, cache_dir):

@@ -12,6 +12,9 @@ import torch
 from torch import nn
 import v2v_diffusion
 from .config import Config, config_from_dict, config_to_dict
+from .vae import VAE
+from .unet import UNet
+from .diffusion import GaussianDiffusion
 
 # %% auto #0
 __all__ = ['CHECKPOINT_KEYS', 'rng_state', 'set_rng_state', 'atomic_save', 'stage_suffix', 'checkpoint_name',
@@ -193,9 +196,6 @@ def find_pipeline_checkpoint(run_dir) -> Path:
 # %% ../nbs/09_checkpoint.ipynb #f71292d8
 def load_pipeline(path_or_run_dir, map_location='cpu', use_ema: bool = True) -> Pipeline:
     "Models of a checkpoint (file or run folder) in eval mode on `map_location`."
-    from v2v_diffusion.vae import VAE
-    from v2v_diffusion.unet import UNet
-    from v2v_diffusion.diffusion import GaussianDiffusion
     path = Path(path_or_run_dir)
     path = find_pipeline_checkpoint(path) if path.is_dir() else path
     ckpt = load_checkpoint(path, map_location)

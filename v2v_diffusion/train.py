@@ -71,7 +71,7 @@ def amp_setup(precision: str, device: torch.device, say: Callable = log.info) ->
     if device.type != 'cuda':
         if precision != 'fp32': say(f"train.precision={precision} requested, but training on {device.type}: using fp32")
         precision = 'fp32'
-    elif precision == 'bf16' and not torch.cuda.is_bf16_supported():
+    elif precision == 'bf16' and not torch.cuda.is_bf16_supported(including_emulation=False):
         say("train.precision=bf16 is not supported on this GPU: using fp16 with loss scaling"); precision = 'fp16'
     dtype = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(precision)
     ctx = contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
@@ -587,6 +587,7 @@ def plot_history(output_dir):
             axs[i, j].set_title(f'{s}: validation {m}'); axs[i, j].legend(fontsize=8)
     return fig
 
+# %% ../nbs/10_train.ipynb #29911b7c
 def show_val_figures(output_dir) -> list[Path]:
     "Display the latest validation figure of each stage (in a notebook); return their paths."
     figs = sorted((Path(output_dir) / 'figures').glob('*.png'))
