@@ -526,10 +526,12 @@ def train(cfg: Config) -> dict:
     if d.is_main: save_config(cfg, out / 'config.yaml')
     data = load_data(cfg, d)
     summary = {'output_dir': str(out), 'metrics': str(out / 'metrics.jsonl'), 'figures': str(out / 'figures'), 'preempted': False}
-    for name in (['vae', 'diffusion'] if t.stage == 'both' else [t.stage]):
-        summary[name] = train_stage(name, cfg, data, d, rl)
-        if summary[name]['preempted']: summary['preempted'] = True; break
-    rl.close()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        for name in (['vae', 'diffusion'] if t.stage == 'both' else [t.stage]):
+            summary[name] = train_stage(name, cfg, data, d, rl)
+            if summary[name]['preempted']: summary['preempted'] = True; break
+    finally: rl.close(); torch.use_deterministic_algorithms(deterministic)
     return summary
 
 # %% ../nbs/10_train.ipynb #f96c98cd
