@@ -51,5 +51,10 @@ bench: install
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/v2v-bench --out BENCHMARKS.md
 
+## browser-test: the viewer notebook in JupyterLab in headless Chromium (Debian's: apt-get install -y chromium chromium-driver)
+browser-test: install
+	$(BIN)/pip install -q playwright          # the Python package only; it drives /usr/bin/chromium, never `playwright install`
+	$(BIN)/python -m pytest -q -m slow tests/browser
+
 clean:
 	rm -rf $(VENV) runs cache .sync
