@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 from .config import Config, TrainConfig, get_config, load_config, validate_config, save_config, config_to_dict
 from .checkpoint import (save_checkpoint, load_checkpoint, resolve_resume, latest_checkpoint, list_checkpoints,
-                                      stage_suffix, rng_state, set_rng_state, code_version, unwrap, state_of, CheckpointError)
+                                      stage_suffix, rng_state, set_rng_state, code_version, state_of, atomic_save, CheckpointError)
 from .metrics import psnr, ssim, ms_ssim, interpolate_clip
 from .data import build_dataloaders
 from .vae import VAE, measure_scaling_factor
@@ -26,7 +26,7 @@ from .unet import UNet
 from .diffusion import GaussianDiffusion, sample
 
 # %% auto #0
-__all__ = ['log', 'Dist', 'setup_distributed', 'seed_everything', 'amp_setup', 'get_lr', 'lr_schedule', 'make_optimizer',
+__all__ = ['logger', 'Dist', 'setup_distributed', 'seed_everything', 'amp_setup', 'get_lr', 'lr_schedule', 'make_optimizer',
            'set_lr', 'train_step', 'ema_decay_at', 'ema_update', 'ResumableSampler', 'resumable_loader', 'batches',
            'RunLog', 'progress', 'bar_postfix', 'broadcast_float', 'any_rank', 'barrier', 'preemption_guard',
            'clip_metrics', 'compare_metrics', 'val_figure', 'RunState', 'Stage', 'make_checkpoint', 'restore',
@@ -37,7 +37,7 @@ __all__ = ['log', 'Dist', 'setup_distributed', 'seed_everything', 'amp_setup', '
            'train_main', 'read_metrics', 'plot_history', 'show_val_figures']
 
 # %% ../nbs/10_train.ipynb #17d23517
-log = logging.getLogger('v2v_diffusion.train')
+logger = logging.getLogger('v2v_diffusion.train')
 
 # %% ../nbs/10_train.ipynb #640924a2
 @dataclass
@@ -66,7 +66,7 @@ def seed_everything(seed: int, deterministic: bool = True):
     torch.backends.cudnn.benchmark = not deterministic
 
 # %% ../nbs/10_train.ipynb #9b538096
-def amp_setup(precision: str, device: torch.device, say: Callable = log.info) -> tuple:
+def amp_setup(precision: str, device: torch.device, say: Callable = logger.info) -> tuple:
     "(autocast context, GradScaler) for `train.precision` on `device`; `say` gets the log line of a fallback."
     if device.type != 'cuda':
         if precision != 'fp32': say(f"train.precision={precision} requested, but training on {device.type}: using fp32")
@@ -98,6 +98,7 @@ def make_optimizer(net: nn.Module, t: TrainConfig, device: torch.device) -> torc
     return torch.optim.AdamW(groups, lr=t.lr, betas=(0.9, 0.999), fused=device.type == 'cuda' or None)
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> float:
+    "Set `lr` on every parameter group; return it."
     for g in opt.param_groups: g['lr'] = lr
     return lr
 
@@ -210,6 +211,7 @@ def any_rank(flag: bool, d: Dist) -> bool:
     return bool(t.item())
 
 def barrier(d: Dist):
+    "Wait for all ranks (no-op in one process)."
     if d.world > 1: dist.barrier()
 
 # %% ../nbs/10_train.ipynb #cab79d9f
@@ -350,7 +352,7 @@ def stage_summary(stage: Stage, cfg: Config, run: RunState) -> dict:
     "Steps, best metric, flags and checkpoint paths of a finished (or stopped) stage."
     ckdir, suffix = Path(cfg.train.output_dir) / 'checkpoints', stage_suffix(stage.name, cfg.train.suffix)
     paths = {k: str(p[-1]) for k in ('last', 'best') if (p := list_checkpoints(ckdir, suffix, k))}
-    return dict(steps=run.step, epoch=run.pos['epoch'], best_metric=run.best, early_stopped=run.stopped,
+    return dict(steps=run.step, epoch=run.pos['epoch'], best_metric=run.best if math.isfinite(run.best) else None, early_stopped=run.stopped,
                 preempted=run.preempted, checkpoints={**paths, **run.paths}, scaling_factor=float(stage.scaling_factor))
 
 # %% ../nbs/10_train.ipynb #1b32601a
@@ -369,6 +371,7 @@ def fixed_val_batch(loaders: dict, n: int) -> dict:
     return {k: torch.stack([it[k] for it in items]) for k in ('thin', 'thick')}
 
 def load_data(cfg: Config, d: Dist) -> Data:
+    "`build_dataloaders` → the train loader and the fixed validation batch."
     loaders = build_dataloaders(cfg, distributed=d.world > 1)
     return Data(loaders['train'], fixed_val_batch(loaders, cfg.train.val_clips))
 
@@ -441,7 +444,6 @@ def cache_latents(vae: nn.Module, dataset, path, device: torch.device, batch_siz
     z = {'z_thin': [], 'z_thick': []}
     for b in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         for k in ('thin', 'thick'): z[f'z_{k}'].append(vae.encode(b[k].to(device)).mode().half().cpu())
-    from v2v_diffusion.checkpoint import atomic_save
     return atomic_save({k: torch.cat(v) for k, v in z.items()}, path)
 
 # %% ../nbs/10_train.ipynb #e5a81857
@@ -466,6 +468,7 @@ def find_vae_checkpoint(cfg: Config) -> Path:
 
 # %% ../nbs/10_train.ipynb #bab17ff0
 def frozen_vae(cfg: Config, vae_ckpt: dict, d: Dist) -> nn.Module:
+    "The VAE of a checkpoint, in eval mode without gradients, on this rank's device."
     vae = VAE(cfg.vae).to(d.device).eval().requires_grad_(False)
     vae.load_state_dict(vae_ckpt['models']['vae'])
     return vae
@@ -549,6 +552,7 @@ def make_config(preset: str | None = None, overrides=(), *, config=None, data_ro
 
 # %% ../nbs/10_train.ipynb #fafc0399
 def train_parser() -> argparse.ArgumentParser:
+    "The `v2v-train` flags (CONTRACT.md)."
     p = argparse.ArgumentParser(prog='v2v-train', description='Train the VAE (stage 1) and/or the latent diffusion U-Net (stage 2).')
     p.add_argument('--config', help='YAML config (full, or `preset:` plus differences)')
     p.add_argument('--preset', choices=['tiny', 'v100', 'a100'], help='preset when no --config (default v100)')
