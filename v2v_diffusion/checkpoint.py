@@ -28,14 +28,14 @@ def rng_state() -> dict:
     _, keys, pos, has_gauss, gauss = np.random.get_state()
     version, py_state, py_gauss = random.getstate()
     return {'torch': torch.get_rng_state(),
-            'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() else None,   # this rank's device only
             'numpy': {'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos), 'has_gauss': int(has_gauss), 'gauss': float(gauss)},
             'python': {'version': int(version), 'state': torch.tensor(py_state, dtype=torch.int64), 'gauss': py_gauss}}
 
 def set_rng_state(s: dict):
     "Restore what `rng_state` returned."
     torch.set_rng_state(s['torch'])
-    if s['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
+    if s['cuda'] is not None and torch.cuda.is_available(): torch.cuda.set_rng_state(s['cuda'])
     n, p = s['numpy'], s['python']
     np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss']))
     random.setstate((p['version'], tuple(p['state'].tolist()), p['gauss']))

@@ -416,8 +416,8 @@ def vae_stage(cfg: Config, data: Data, d: Dist, ckpt: dict | None = None) -> Sta
 # %% ../nbs/10_train.ipynb #8363181e
 @torch.no_grad()
 def encode_latents(vae: nn.Module, x: torch.Tensor, scale: float) -> torch.Tensor:
-    "Scaled posterior-mode latents of clips (B,1,T,H,W)."
-    return vae.encode(x).mode() * scale
+    "Scaled posterior-mode latents of clips (B,1,T,H,W), in float32 (also under autocast)."
+    return vae.encode(x).mode().float() * scale
 
 class DiffusionLoss(nn.Module):
     "Stage-2 loss module: batch (clips or cached latents) → (diffusion loss of the U-Net, logs)."
