@@ -69,22 +69,33 @@ def drive(page, url: str, out: Path, shots: Path) -> dict:
     page.wait_for_function("[...document.querySelectorAll('.widget-html-content')].some(e => e.innerText.includes('PSNR'))", timeout=60_000)
     page.screenshot(path=str(shots / 'page_initial.png'), full_page=True)
     gt = page.locator('.widget-html-content', has_text='reference').first
-    before, img_before = gt.inner_text(), page.locator('img.widget-image').nth(3).get_attribute('src')
+    gt_img = page.locator('.widget-vbox', has=gt).filter(has_not=page.locator('.widget-hbox')).locator('img.widget-image').first
+    before, img_before = gt.inner_text(), gt_img.get_attribute('src')
     handle = page.locator('.noUi-handle').first                     # the z slider (ipywidgets 8 uses noUiSlider)
     handle.focus()
     handle.press('ArrowRight')                                       # one step: 1 mm
     page.wait_for_function("(b) => ![...document.querySelectorAll('.widget-html-content')].some(e => e.innerText === b)", arg=before, timeout=30_000)
     after = gt.inner_text()
-    page.wait_for_function("(s) => document.querySelectorAll('img.widget-image')[3].getAttribute('src') !== s", arg=img_before, timeout=30_000)
+    for _ in range(60):                                             # the reference panel's image follows
+        if gt_img.get_attribute('src') != img_before: break
+        time.sleep(0.5)
+    else: raise AssertionError('the reference image did not change after the slider moved')
+    play = page.locator('.widget-play button').first                 # Play runs through z in the frontend
+    play.click()
+    page.wait_for_function("(b) => ![...document.querySelectorAll('.widget-html-content')].some(e => e.innerText === b)", arg=after, timeout=30_000)
+    play.click()                                                    # pause
+    played = gt.inner_text()
+    visible = "[...document.querySelectorAll('img.widget-image')].filter(e => e.offsetParent !== null).length"
+    n_visible = page.evaluate(visible)
     page.locator('button.widget-toggle-button', has_text='difference').click()
-    page.wait_for_function("[...document.querySelectorAll('img.widget-image')].filter(e => e.offsetParent !== null).length >= 6", timeout=30_000)
+    page.wait_for_function(f"{visible} > {n_visible}", timeout=30_000)   # the colour bar appears
     time.sleep(1.0)
     widget = page.locator('.jp-OutputArea-output', has=page.locator('img.widget-image')).first
     widget.scroll_into_view_if_needed()
     out.parent.mkdir(parents=True, exist_ok=True)
     widget.screenshot(path=str(out))
     page.screenshot(path=str(shots / 'page_final.png'), full_page=True)
-    return dict(label_before=before, label_after=after)
+    return dict(label_before=before, label_after=after, label_played=played)
 
 
 def main(argv=None) -> dict:

@@ -15,6 +15,7 @@ def test_viewer_in_headless_chromium(tmp_path):
     from v2v_diffusion.viewer import from_png
     res = main(['--out', str(tmp_path / 'viewer.png'), '--shots', str(tmp_path / 'shots')])
     assert res['label_before'] != res['label_after'] and 'z -183.0 mm' in res['label_after']
+    assert res['label_played'] != res['label_after']                    # Play moved z
     img = from_png((tmp_path / 'viewer.png').read_bytes())
     assert img.shape[0] > 400 and img.shape[1] > 800
     assert (np.abs(img[..., 0].astype(int) - img[..., 2]) > 80).mean() > 0.005   # red/blue difference maps are on screen
