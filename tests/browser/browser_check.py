@@ -24,7 +24,7 @@ def free_port() -> int:
 def start_lab(tmp: Path, port: int, token: str) -> subprocess.Popen:
     "JupyterLab on 127.0.0.1:port serving the repo, with its own config and workspace folders."
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(tmp / 'config'), JUPYTER_RUNTIME_DIR=str(tmp / 'runtime'),
-               JUPYTERLAB_WORKSPACES_DIR=str(tmp / 'workspaces'), OMP_NUM_THREADS='1')
+               JUPYTERLAB_WORKSPACES_DIR=str(tmp / 'workspaces'), JUPYTERLAB_SETTINGS_DIR=str(tmp / 'settings'), OMP_NUM_THREADS='1')
     cmd = [sys.executable, '-m', 'jupyter', 'lab', '--no-browser', '--ServerApp.ip=127.0.0.1', f'--ServerApp.port={port}',
            f'--IdentityProvider.token={token}', f'--ServerApp.root_dir={ROOT}', '--ServerApp.port_retries=0',
            '--LabApp.news_url=', f'--LabApp.workspaces_dir={tmp / "workspaces"}']
@@ -32,6 +32,8 @@ def start_lab(tmp: Path, port: int, token: str) -> subprocess.Popen:
     (tmp / 'config' / 'labconfig').mkdir(parents=True, exist_ok=True)           # no 'Jupyter news?' toast over the widget
     (tmp / 'config' / 'labconfig' / 'page_config.json').write_text(
         '{"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": true}}')
+    plugin = tmp / 'settings' / '@jupyterlab' / 'docmanager-extension'                 # never write the notebook back
+    plugin.mkdir(parents=True, exist_ok=True); (plugin / 'plugin.jupyterlab-settings').write_text('{"autosave": false}')
     log = open(tmp / 'lab.log', 'w')
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     for _ in range(120):
