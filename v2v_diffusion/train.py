@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_train.ipynb #b1198e60
 from __future__ import annotations
-import argparse, contextlib, copy, itertools, json, logging, math, os, random, signal, time, warnings
+import argparse, contextlib, copy, itertools, json, logging, math, os, random, signal, sys, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from .config import Config, TrainConfig, get_config, load_config, validate_config, save_config, config_to_dict
 from .checkpoint import (save_checkpoint, load_checkpoint, resolve_resume, latest_checkpoint, list_checkpoints,
                                       stage_suffix, rng_state, set_rng_state, code_version, state_of, atomic_save, CheckpointError)
@@ -187,8 +187,9 @@ class RunLog:
 
 # %% ../nbs/10_train.ipynb #06f11fc1
 def progress(log_: RunLog, stage: str, start: int, total: int):
-    "A tqdm bar for a stage (rank 0 only)."
-    log_.bar = tqdm(total=total, initial=start, desc=f'{stage}', disable=not log_.active, dynamic_ncols=True)
+    "A text tqdm bar for a stage (rank 0 only); redrawn at most every 10 s when not on a terminal (pod logs, papermill)."
+    log_.bar = tqdm(total=total, initial=start, desc=f'{stage}', disable=not log_.active, dynamic_ncols=True,
+                    mininterval=0.1 if sys.stderr.isatty() else 10)
     return log_.bar
 
 def bar_postfix(loss: float, lr: float, device: torch.device) -> dict:
@@ -591,6 +592,7 @@ def plot_history(output_dir):
         for j, m in enumerate(('psnr', 'ssim'), 1):
             for k, style in ((m, 'o-'), (f'{m}_linear', 'x--')): axs[i, j].plot([r['step'] for r in va], [r[k] for r in va], style, label=k)
             axs[i, j].set_title(f'{s}: validation {m}'); axs[i, j].legend(fontsize=8)
+        for ax in axs[i]: ax.set_xlabel('optimizer step')
     return fig
 
 # %% ../nbs/10_train.ipynb #29911b7c
