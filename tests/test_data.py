@@ -1,12 +1,13 @@
 "Paired dataset: z-alignment, native/resampled clips, cache, splits, bad cases skipped, DataLoaders with workers."
-import io, json, pickle, shutil, zipfile
+import json, pickle, shutil, zipfile
 from dataclasses import replace
 from pathlib import Path
-import numpy as np, pydicom, pytest, torch
+import numpy as np, pytest, torch
 from v2v_diffusion.config import get_config
 from v2v_diffusion.dicom import Volume, DicomError
 import v2v_diffusion.data as data
 from v2v_diffusion.data import *
+from dicom_edits import make_zip, edit
 
 ROOT = Path(__file__).resolve().parents[1] / 'data_samples'
 
@@ -102,29 +103,17 @@ def test_tiny_datasets_keep_train_nonempty():
 def _members(zp):
     with zipfile.ZipFile(zp) as zf: return [(i.filename, zf.read(i)) for i in zf.infolist()]
 
-def _zip(path, items):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, 'w') as zf:
-        for n, d in items: zf.writestr(n, d)
-
-def _edit(data, **tags):
-    ds = pydicom.dcmread(io.BytesIO(data))
-    for k, v in tags.items():
-        if v is None: delattr(ds, k)
-        else: setattr(ds, k, v)
-    b = io.BytesIO(); ds.save_as(b); return b.getvalue()
-
 def test_bad_cases_are_skipped_and_listed(tmp_path):
     root, src = tmp_path / 'data', sorted(ROOT.glob('*/*.zip'))
     shutil.copy(src[0], (root / 'APE').mkdir(parents=True) or root / 'APE' / 'good_a.zip')
     (root / 'non APE').mkdir(); shutil.copy(src[-1], root / 'non APE' / 'good_b.zip')
     m = _members(src[1]); thick = [x for x in m if '/1/' in x[0]]
     (root / 'APE' / 'corrupt.zip').write_bytes(src[1].read_bytes()[:40000])
-    _zip(root / 'APE' / 'slip.zip', m + [('../evil.dcm', b'x')])
-    _zip(root / 'APE' / 'truncated.zip', m[:20] + [(m[20][0], m[20][1][:5000])] + m[21:])
-    _zip(root / 'non APE' / 'nopos.zip', m[:30] + [(m[30][0], _edit(m[30][1], ImagePositionPatient=None))] + m[31:])
-    _zip(root / 'non APE' / 'mixed.zip', m + [(thick[0][0].replace('/1/', '/2/').replace('IM', 'X'), thick[0][1])])
-    _zip(root / 'non APE' / 'mr.zip', m[:40] + [(m[40][0], _edit(m[40][1], Modality='MR'))] + m[41:])
+    make_zip(root / 'APE' / 'slip.zip', m + [('../evil.dcm', b'x')])
+    make_zip(root / 'APE' / 'truncated.zip', m[:20] + [(m[20][0], m[20][1][:5000])] + m[21:])
+    make_zip(root / 'non APE' / 'nopos.zip', m[:30] + [(m[30][0], edit(m[30][1], ImagePositionPatient=None))] + m[31:])
+    make_zip(root / 'non APE' / 'mixed.zip', m + [(thick[0][0].replace('/1/', '/2/').replace('IM', 'X'), thick[0][1])])
+    make_zip(root / 'non APE' / 'mr.zip', m[:40] + [(m[40][0], edit(m[40][1], Modality='MR'))] + m[41:])
     s = prepare_dataset(root, tmp_path / 'cache', workers=2, progress=False)
     assert sorted(r['case_id'] for r in s['cases']) == ['good_a', 'good_b']
     why = {r['case_id']: r['error'] for r in s['skipped']}

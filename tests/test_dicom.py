@@ -1,9 +1,10 @@
 "DICOM I/O on the shipped phantoms, compressed syntaxes, write/read round trips, NIfTI geometry, bad input."
-import io, json, pickle, warnings, zipfile
+import json, pickle, warnings, zipfile
 from pathlib import Path
 import numpy as np, pydicom, pytest
 from pydicom.data import get_testdata_file
 from v2v_diffusion.dicom import *
+from dicom_edits import make_zip, edit
 from v2v_diffusion.dicom import slice_hu, parse_dicom, LPS_TO_RAS
 
 ROOT = Path(__file__).resolve().parents[1] / 'data_samples'
@@ -94,18 +95,6 @@ def test_memmapped_volume_pickles_as_a_file_name(tmp_path):
 # ---- bad input, one by one
 def members(zp):
     with zipfile.ZipFile(zp) as zf: return [(i.filename, zf.read(i)) for i in zf.infolist()]
-
-def make_zip(path, items):
-    with zipfile.ZipFile(path, 'w') as zf:
-        for n, d in items: zf.writestr(n, d)
-    return path
-
-def edit(data, **tags):
-    ds = pydicom.dcmread(io.BytesIO(data))
-    for k, val in tags.items():
-        if val is None: delattr(ds, k)
-        else: setattr(ds, k, val)
-    b = io.BytesIO(); ds.save_as(b); return b.getvalue()
 
 def test_corrupt_zip(tmp_path):
     p = tmp_path / 'c.zip'; p.write_bytes(ZIPS[0].read_bytes()[:50000])

@@ -8,8 +8,9 @@ import argparse, importlib, json, sys, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['prepare_main', 'train_main', 'phantom_main', 'bench_main', 'infer_parser', 'infer_main', 'eval_parser', 'eval_main',
-           'demo_main']
+__all__ = ['prepare_script', 'train_script', 'infer_script', 'eval_script', 'phantom_script', 'bench_script', 'demo_script',
+           'prepare_main', 'train_main', 'phantom_main', 'bench_main', 'infer_parser', 'infer_main', 'eval_parser',
+           'eval_main', 'demo_main']
 
 # %% ../nbs/13_cli.ipynb #097f8854
 def _delegate(module: str, name: str, argv, prog: str):
@@ -128,3 +129,16 @@ def demo_main(argv=None) -> dict:
     from v2v_diffusion.inference import run_demo
     kw = {k: v for k, v in dict(vae_steps=a.vae_steps, diffusion_steps=a.diffusion_steps, extra_cases=a.extra_cases).items() if v is not None}
     return run_demo(a.out, fresh=a.fresh, **kw)
+
+# %% ../nbs/13_cli.ipynb #3aec4e78
+def _console(main):
+    "A console-script entry for `main`: runs it (on `sys.argv` by default) and returns 0, unless `main` exits itself."
+    def entry(argv=None) -> int:
+        main(argv)
+        return 0
+    entry.__name__ = entry.__qualname__ = main.__name__.replace('_main', '_script')
+    entry.__doc__ = f"Console script of `{main.__name__}`: {main.__doc__}"
+    return entry
+
+prepare_script, train_script, infer_script, eval_script, phantom_script, bench_script, demo_script = map(
+    _console, (prepare_main, train_main, infer_main, eval_main, phantom_main, bench_main, demo_main))
