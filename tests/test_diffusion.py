@@ -116,7 +116,7 @@ def test_latent_ms_ssim_scales():
 @pytest.mark.slow
 def test_tiny_unet_loss_falls_on_one_batch():
     from v2v_diffusion.unet import UNet
-    cfg = get_config('tiny'); torch.manual_seed(0)
+    cfg = get_config('tiny', ['diffusion.prediction=eps']); torch.manual_seed(0)
     x0 = torch.sin(3 * torch.linspace(-1, 1, 4).view(1, 1, 4, 1, 1) + torch.randn(2, 4, 1, 4, 4)); cond = x0.mean(2, keepdim=True)
     d, net = GaussianDiffusion(cfg.diffusion), UNet(cfg.unet); opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     t_eval, n_eval = torch.tensor([100, 900]), torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))

@@ -387,7 +387,7 @@ def ms_ssim_note(results) -> str:
     return '5 scales (standard)' if n == 5 else f'{n} of 5 scales at this image size (renormalised weights; not comparable with 5-scale values)'
 
 # %% ../nbs/11_inference.ipynb #82ce466b
-DEMO = dict(vae_steps=400, diffusion_steps=600, extra_cases=2, size=128, n_thin=64, ddim_steps=10)
+DEMO = dict(vae_steps=1500, diffusion_steps=3000, extra_cases=2, size=128, n_thin=64, ddim_steps=10)
 
 def _demo_data(root: Path, extra_cases: int, size: int, n_thin: int, progress: bool) -> list[Path]:
     "data_samples/ (if found) plus `extra_cases` generated phantoms under `root`; existing files are kept."
