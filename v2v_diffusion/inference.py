@@ -302,7 +302,9 @@ def _fig_samples(r: dict, gt: np.ndarray, path: Path, window: Window, aspect: fl
     tz, zk = r['thin_z'], r['thick_z']
     k = int(np.argmax([np.abs(zk - z).min() for z in tz[len(tz) // 4: 3 * len(tz) // 4]])) + len(tz) // 4   # far from thick slices
     imgs = {**{LABELS.get(m, m).strip('*'): p for m, p in r['preds'].items()}, 'ground truth': gt}
-    fig, axs = plt.subplots(2, len(imgs), figsize=(2.1 * len(imgs), 4.4), squeeze=False)
+    zx = gt.shape[0] * aspect / gt.shape[2]                                 # coronal height : width at physical aspect
+    fig, axs = plt.subplots(2, len(imgs), figsize=(2.1 * len(imgs), 2.1 * (1 + zx) + 0.4), squeeze=False,
+                            gridspec_kw=dict(height_ratios=[1, zx]), layout='constrained')
     for j, (name, v) in enumerate(imgs.items()):
         axs[0, j].imshow(hu_to_unit(v[k], window), cmap='gray', vmin=-1, vmax=1); axs[0, j].set_title(name, fontsize=8)
         axs[1, j].imshow(hu_to_unit(v[:, v.shape[1] // 2], window), cmap='gray', vmin=-1, vmax=1, aspect=aspect, origin='lower')
