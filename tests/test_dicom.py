@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np, pydicom, pytest
 from pydicom.data import get_testdata_file
 from v2v_diffusion.dicom import *
-from dicom_edits import make_zip, edit
 from v2v_diffusion.dicom import slice_hu, parse_dicom, LPS_TO_RAS
+from dicom_edits import make_zip, edit
 
 ROOT = Path(__file__).resolve().parents[1] / 'data_samples'
 MANIFEST = json.loads((ROOT / 'manifest.json').read_text())
