@@ -4,8 +4,9 @@
 
 # %% ../nbs/02_dicom.ipynb #55a58f55
 from __future__ import annotations
-import datetime, io, os, re, stat, warnings, zipfile, zlib
+import datetime, gc, io, os, re, stat, warnings, zipfile, zlib
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 import numpy as np
@@ -225,10 +226,20 @@ def read_datasets(source) -> list[tuple[str, str, Dataset]]:
     "`(display name, relative path, dataset)` for every DICOM image in `source`."
     return [(n, rel, ds) for n, rel, b in _iter_files(source) if (ds := parse_dicom(n, b)) is not None]
 
+# %% ../nbs/02_dicom.ipynb #cccc20be
+def _text(ds: Dataset, keyword: str, default: str | None = None) -> str | None:
+    "The value of a text element (DS, IS, CS, UI …) as a stripped string, multiple values joined by `\\`; `default` if absent."
+    elem = ds.get_item(keyword)
+    if elem is None: return default
+    v = elem.value
+    if isinstance(v, bytes): return v.decode('ascii', 'replace').strip(' \x00')
+    if v is None: return ''
+    return '\\'.join(map(str, v)) if isinstance(v, (list, tuple, pydicom.multival.MultiValue)) else str(v)
+
 # %% ../nbs/02_dicom.ipynb #5c45cad4
 def _stored_pixels(name: str, ds: Dataset) -> np.ndarray:
     "The (Y,X) stored values of a single-frame image."
-    if int(ds.get('NumberOfFrames', 1) or 1) != 1: raise DicomError(f"{name}: multi-frame images are not supported")
+    if int(_text(ds, 'NumberOfFrames') or 1) != 1: raise DicomError(f"{name}: multi-frame images are not supported")
     rows, cols, ts = int(ds.Rows), int(ds.Columns), ds.file_meta.get('TransferSyntaxUID', ExplicitVRLittleEndian)
     signed, bits = int(ds.get('PixelRepresentation', 0)), int(ds.get('BitsAllocated', 16))
     if (not ts.is_compressed and ts.is_little_endian and bits == 16 and int(ds.get('SamplesPerPixel', 1)) == 1
@@ -236,7 +247,7 @@ def _stored_pixels(name: str, ds: Dataset) -> np.ndarray:
         pd = ds.PixelData
         if len(pd) < rows * cols * 2: raise DicomError(f"{name}: truncated pixel data ({len(pd)} of {rows * cols * 2} bytes)")
         return np.frombuffer(pd, '<i2' if signed else '<u2', count=rows * cols).reshape(rows, cols)
-    try: return ds.pixel_array
+    try: return pydicom.pixels.pixel_array(ds)         # not ds.pixel_array: no cached copy, no pixel-id checks (~0.3 ms)
     except Exception as e: raise DicomError(f"{name}: cannot decode pixels ({type(e).__name__}: {e})") from None
 
 def slice_hu(name: str, ds: Dataset, out: np.ndarray | None = None) -> np.ndarray:
@@ -244,7 +255,7 @@ def slice_hu(name: str, ds: Dataset, out: np.ndarray | None = None) -> np.ndarra
     a = _stored_pixels(name, ds)
     if out is not None and out.shape != a.shape: raise DicomError(f"{name}: {a.shape[0]}x{a.shape[1]} pixels, expected {out.shape[0]}x{out.shape[1]}")
     out = np.empty(a.shape, np.float32) if out is None else out
-    slope, icpt = float(ds.get('RescaleSlope', 1) or 1), float(ds.get('RescaleIntercept', 0) or 0)
+    slope, icpt = float(_text(ds, 'RescaleSlope') or 1), float(_text(ds, 'RescaleIntercept') or 0)
     if out.dtype.kind == 'i' and slope == 1 and icpt == int(icpt):   # exact integer path, no float round trip
         np.add(a, int(icpt), out=out, dtype=np.int32, casting='unsafe')
     elif out.dtype.kind == 'i': np.rint(a * np.float32(slope) + np.float32(icpt), out=out, casting='unsafe')
@@ -257,10 +268,10 @@ def _geometry(name: str, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarra
     "(position (3,), orientation (6,), pixel spacing (2,)) of one slice."
     out = []
     for tag, n in (('ImagePositionPatient', 3), ('ImageOrientationPatient', 6), ('PixelSpacing', 2)):
-        v = ds.get(tag)
-        if v is None or v == '' : raise DicomError(f"{name}: missing {tag}")
-        try: a = np.array([float(x) for x in (v if isinstance(v, (list, tuple, pydicom.multival.MultiValue)) else [v])])
-        except (TypeError, ValueError): raise DicomError(f"{name}: unreadable {tag} {v!r}") from None
+        v = _text(ds, tag)
+        if not v: raise DicomError(f"{name}: missing {tag}")
+        try: a = np.array([float(x) for x in v.split('\\')])
+        except ValueError: raise DicomError(f"{name}: unreadable {tag} {v!r}") from None
         if a.shape != (n,) or not np.isfinite(a).all(): raise DicomError(f"{name}: {tag} must hold {n} numbers, got {v!r}")
         out.append(a)
     return tuple(out)
@@ -270,7 +281,7 @@ def _sorted_slices(items: list, modalities) -> tuple[list, np.ndarray, np.ndarra
     "Check modality, geometry and orientation; sort by position along the normal; drop duplicates."
     geo = []
     for name, _, ds in items:
-        m = str(ds.get('Modality', ''))
+        m = _text(ds, 'Modality', '')
         if modalities and m not in modalities: raise DicomError(f"{name}: Modality {m or 'missing'}, expected {'/'.join(modalities)}")
         geo.append(_geometry(name, ds))
     iop, ps = geo[0][1], geo[0][2]
@@ -279,7 +290,7 @@ def _sorted_slices(items: list, modalities) -> tuple[list, np.ndarray, np.ndarra
         if np.abs(s - ps).max() > 1e-3 * ps.max(): raise DicomError(f"{name}: PixelSpacing {s.tolist()} differs from {ps.tolist()} in {items[0][0]}")
     normal = np.cross(iop[:3], iop[3:])
     pos = np.stack([g[0] for g in geo]); z = pos @ normal
-    inst = np.array([int(ds.get('InstanceNumber', 0) or 0) for _, _, ds in items])
+    inst = np.array([int(float(_text(ds, 'InstanceNumber') or 0)) for _, _, ds in items])
     order = np.lexsort((inst, z))
     keep = [order[0]]
     for k in order[1:]:
@@ -325,16 +336,26 @@ def stack_series(items: list, *, modalities=('CT',), dtype=np.float32) -> Volume
     if th in (None, ''): _warn(f"{names[0]}: no SliceThickness; using the spacing {dz:.2f} mm"); th = dz
     return Volume(hu, z, (dz, float(dy), float(dx)), pos[0], iop, float(th), _series_meta(items, items[0][2]))
 
+# %% ../nbs/02_dicom.ipynb #7fc573b0
+@contextmanager
+def _gc_paused():
+    "Pause the cyclic garbage collector inside the block (or the decorated function), then restore it as it was."
+    was_enabled = gc.isenabled(); gc.disable()
+    try: yield
+    finally:
+        if was_enabled: gc.enable()
+
 # %% ../nbs/02_dicom.ipynb #1e4a644f
 def group_series(items: list) -> dict[str, list]:
     "Items grouped by SeriesInstanceUID (in first-seen order)."
     g = defaultdict(list)
-    for it in items: g[str(it[2].get('SeriesInstanceUID', ''))].append(it)
+    for it in items: g[_text(it[2], 'SeriesInstanceUID', '')].append(it)
     return dict(g)
 
 def _describe_groups(groups: dict) -> str:
     return '; '.join(f"{uid or '<no UID>'}: {len(v)} files, e.g. {v[0][0]}" for uid, v in groups.items())
 
+@_gc_paused()
 def read_series(source, *, modalities=('CT',)) -> Volume:
     "One series from a folder, a zip, a file list: checked, z-sorted, in HU."
     items = read_datasets(source)
@@ -344,6 +365,7 @@ def read_series(source, *, modalities=('CT',)) -> Volume:
     return stack_series(items, modalities=modalities)
 
 # %% ../nbs/02_dicom.ipynb #85f8229e
+@_gc_paused()
 def read_dicom_tree(source, *, modalities=('CT',), dtype=np.float32) -> dict[str, Volume]:
     "Every series of a case (zip or folder): keys '1'/'2' in the dataset layout, else SeriesInstanceUID."
     items = read_datasets(source)
