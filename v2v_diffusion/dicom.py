@@ -236,10 +236,16 @@ def _text(ds: Dataset, keyword: str, default: str | None = None) -> str | None:
     if v is None: return ''
     return '\\'.join(map(str, v)) if isinstance(v, (list, tuple, pydicom.multival.MultiValue)) else str(v)
 
+def _number(name: str, ds: Dataset, keyword: str, default: float) -> float:
+    "A single numeric tag (DS/IS) of `ds`; `default` if absent or empty; `DicomError` naming the file if unreadable."
+    v = _text(ds, keyword)
+    try: return float(v) if v else default
+    except ValueError: raise DicomError(f"{name}: unreadable {keyword} {v!r}") from None
+
 # %% ../nbs/02_dicom.ipynb #5c45cad4
 def _stored_pixels(name: str, ds: Dataset) -> np.ndarray:
     "The (Y,X) stored values of a single-frame image."
-    if int(_text(ds, 'NumberOfFrames') or 1) != 1: raise DicomError(f"{name}: multi-frame images are not supported")
+    if _number(name, ds, 'NumberOfFrames', 1) != 1: raise DicomError(f"{name}: multi-frame images are not supported")
     rows, cols, ts = int(ds.Rows), int(ds.Columns), ds.file_meta.get('TransferSyntaxUID', ExplicitVRLittleEndian)
     signed, bits = int(ds.get('PixelRepresentation', 0)), int(ds.get('BitsAllocated', 16))
     if (not ts.is_compressed and ts.is_little_endian and bits == 16 and int(ds.get('SamplesPerPixel', 1)) == 1
@@ -255,7 +261,7 @@ def slice_hu(name: str, ds: Dataset, out: np.ndarray | None = None) -> np.ndarra
     a = _stored_pixels(name, ds)
     if out is not None and out.shape != a.shape: raise DicomError(f"{name}: {a.shape[0]}x{a.shape[1]} pixels, expected {out.shape[0]}x{out.shape[1]}")
     out = np.empty(a.shape, np.float32) if out is None else out
-    slope, icpt = float(_text(ds, 'RescaleSlope') or 1), float(_text(ds, 'RescaleIntercept') or 0)
+    slope, icpt = _number(name, ds, 'RescaleSlope', 1) or 1, _number(name, ds, 'RescaleIntercept', 0)
     if out.dtype.kind == 'i' and slope == 1 and icpt == int(icpt) and abs(icpt) < 2**15:   # exact integer path, no float round trip
         np.copyto(out, a, casting='unsafe'); out += out.dtype.type(icpt)
     elif out.dtype.kind == 'i': np.rint(a * np.float32(slope) + np.float32(icpt), out=out, casting='unsafe')
@@ -292,7 +298,7 @@ def _sorted_slices(items: list, modalities) -> tuple[list, np.ndarray, np.ndarra
         if np.abs(s - ps).max() > 1e-3 * ps.max(): raise DicomError(f"{name}: PixelSpacing {s.tolist()} differs from {ps.tolist()} in {items[0][0]}")
     normal = np.cross(iop[:3], iop[3:])
     pos = np.stack([g[0] for g in geo]); z = pos @ normal
-    inst = np.array([int(float(_text(ds, 'InstanceNumber') or 0)) for _, _, ds in items])
+    inst = np.array([_number(name, ds, 'InstanceNumber', 0) for name, _, ds in items])
     order = np.lexsort((inst, z))
     keep = [order[0]]
     for k in order[1:]:
