@@ -17,9 +17,9 @@ from torch import nn
 # %% auto #0
 __all__ = ['QUICK', 'MONAI_MODULES', 'SEED_PARAMS_M', 'PEAK_TFLOPS', 'TRAIN_COLUMNS', 'SPEED_VARIANTS', 'GPU_COLUMNS', 'SECTIONS',
            'time_fn', 'PeakMemory', 'tensor_peak_mb', 'compare', 'machine_info', 'fmt', 'md_table', 'Section',
-           'BenchSizes', 'bench_configs', 'missing', 'monai_vae', 'monai_unet', 'count_params', 'seed_models',
-           'bench_params', 'vae_loss', 'unet_loss', 'vae_inputs', 'unet_inputs', 'fake_mode', 'step_flops',
-           'peak_tflops', 'bench_flops', 'train_step', 'bench_train', 'bench_speed', 'synthetic_case_zip', 'case_zips',
+           'BenchSizes', 'bench_configs', 'missing', 'monai_vae', 'monai_unet', 'seed_models', 'bench_params',
+           'vae_loss', 'unet_loss', 'vae_inputs', 'unet_inputs', 'fake_mode', 'step_flops', 'peak_tflops',
+           'bench_flops', 'train_step', 'bench_train', 'bench_speed', 'synthetic_case_zip', 'case_zips',
            'bare_pydicom_decode', 'our_decode', 'bench_ingest', 'bench_cache', 'ZeroModel', 'n_windows',
            'bench_pipeline', 'thick_volume', 'bench_ddim', 'amp_train_step', 'largest_batch', 'get_config_with',
            'bench_gpu', 'targets', 'render_report', 'write_report', 'run_sections', 'bench_main']
@@ -209,8 +209,6 @@ def monai_unet(cfg, latent_channels:int=4):
                               use_flash_attention=True)
 
 # %% ../nbs/14_bench.ipynb #49d00ca0
-def count_params(module:nn.Module) -> int: return sum(p.numel() for p in module.parameters())
-
 def seed_models(cfg=None, *, device='meta'):
     "{name: (ours, MONAI or None)} for 'VAE' and 'U-Net' at `cfg` (default: the seed's `v100` preset); `device='fake'`: under `fake_mode()`."
     from v2v_diffusion.config import get_config
@@ -227,9 +225,10 @@ SEED_PARAMS_M = {'VAE': 43.1, 'U-Net': 264.6, 'total': 307.7}
 def bench_params(cfg=None) -> Section:
     "Parameter counts at the seed config: ours, the seed's reported figure, MONAI's closest equivalent."
     if (note := missing('v2v_diffusion.vae', 'v2v_diffusion.unet')): return Section('Parameters at the seed config', notes=[f'not measured: {note}'])
+    from v2v_diffusion.vae import count_parameters
     models, rows = seed_models(), []
     for name, (ours, mon) in models.items():
-        rows.append(dict(model=name, ours_M=count_params(ours) / 1e6, seed_M=SEED_PARAMS_M[name], monai_M=count_params(mon) / 1e6 if mon else None))
+        rows.append(dict(model=name, ours_M=count_parameters(ours) / 1e6, seed_M=SEED_PARAMS_M[name], monai_M=count_parameters(mon) / 1e6 if mon else None))
     rows.append(dict(model='total', **{k: sum(r[k] for r in rows) if all(r[k] is not None for r in rows) else None for k in ('ours_M', 'seed_M', 'monai_M')}))
     for r in rows: r['ours_vs_seed'] = f"{r['ours_M'] / r['seed_M'] - 1:+.1%}"
     notes = ['Counted on the meta device at the `v100` preset (the seed config). MONAI: `spatial_dims=3`, same per-level channels, '
@@ -321,9 +320,10 @@ def train_step(model, loss_fn, *, optimizer=None, fused:bool=False, lr:float=1e-
 
 # %% ../nbs/14_bench.ipynb #129c05e5
 def _pair_rows(name, shape, ours, mon, res, threads, flops) -> dict:
+    from v2v_diffusion.vae import count_parameters
     o, m = res['ours'], res.get('MONAI')
     fo, fm = flops.get('ours'), flops.get('MONAI')
-    return dict(model=name, input=str(tuple(shape)), params_ours=count_params(ours) / 1e6, params_monai=count_params(mon) / 1e6 if mon else None,
+    return dict(model=name, input=str(tuple(shape)), params_ours=count_parameters(ours) / 1e6, params_monai=count_parameters(mon) / 1e6 if mon else None,
                 ours_s=o['median_s'], monai_s=m['median_s'] if m else None, ratio=o['median_s'] / m['median_s'] if m else None,
                 gflop_ours=fo / 1e9 if fo else None, gflop_monai=fm / 1e9 if fm else None,
                 gflops_ours=fo / o['median_s'] / 1e9 if fo else None, gflops_monai=fm / m['median_s'] / 1e9 if fm and m else None,

@@ -117,7 +117,14 @@ def _check_vae_config(cfg: VAEConfig):
     if cfg.temporal_kernel < 1 or cfg.temporal_kernel % 2 == 0: raise ValueError(f"VAE: temporal_kernel={cfg.temporal_kernel} must be odd and >= 1 (T is kept)")
     if cfg.num_res_blocks < 1 or cfg.latent_channels < 1: raise ValueError(f"VAE: num_res_blocks and latent_channels must be >= 1")
 
-class Encoder(nn.Module):
+class _ConvStack(nn.Module):
+    "conv_in → blocks (each checkpointed when `grad_checkpointing`) → GroupNorm, SiLU, conv_out: the shape of encoder and decoder."
+    def forward(self, x):
+        h = self.conv_in(x)
+        for blk in self.blocks: h = run_block(blk, h, grad_checkpointing=self.grad_checkpointing)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+class Encoder(_ConvStack):
     "(B,in,T,H,W) → (B,2·latent,T,H/f,W/f) with f = 2**(len(channels)-1)."
     def __init__(self, cfg: VAEConfig):
         super().__init__()
@@ -130,11 +137,6 @@ class Encoder(nn.Module):
         blocks.append(SpaceTimeAttention(c, heads=1, groups=g))
         self.blocks, self.norm_out, self.conv_out = nn.ModuleList(blocks), GroupNorm(g, c), conv3d(c, 2 * cfg.latent_channels, kt)
 
-    def forward(self, x):
-        h = self.conv_in(x)
-        for blk in self.blocks: h = run_block(blk, h, grad_checkpointing=self.grad_checkpointing)
-        return self.conv_out(F.silu(self.norm_out(h)))
-
 # %% ../nbs/05_vae.ipynb #861c39ff
 class Upsample(nn.Module):
     "Nearest ×2 in H and W (never T), then a T-preserving conv."
@@ -142,7 +144,7 @@ class Upsample(nn.Module):
         super().__init__(); self.conv = conv3d(c, c, kt)
     def forward(self, x): return self.conv(F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode='nearest'))
 
-class Decoder(nn.Module):
+class Decoder(_ConvStack):
     "(B,latent,T,h,w) → (B,in,T,h·f,w·f): the encoder's mirror image."
     def __init__(self, cfg: VAEConfig):
         super().__init__()
@@ -153,11 +155,6 @@ class Decoder(nn.Module):
             for _ in range(cfg.num_res_blocks): blocks.append(ResBlock(c, c_out, groups=g, kt=kt)); c = c_out
             if i < len(ch) - 1: blocks.append(Upsample(c, kt))
         self.blocks, self.norm_out, self.conv_out = nn.ModuleList(blocks), GroupNorm(g, c), conv3d(c, cfg.in_channels, kt)
-
-    def forward(self, z):
-        h = self.conv_in(z)
-        for blk in self.blocks: h = run_block(blk, h, grad_checkpointing=self.grad_checkpointing)
-        return self.conv_out(F.silu(self.norm_out(h)))
 
 # %% ../nbs/05_vae.ipynb #f999173e
 class VAE(nn.Module):
