@@ -489,7 +489,7 @@ def samples_viewer(pipeline, case, seeds=(0, 1), *, steps: int | None = None, ba
 
 def metrics_table(viewer: SliceViewer, metrics=('psnr', 'ssim')) -> str:
     "Markdown table of each volume's mean per-slice metrics against the viewer's reference."
-    rows = [f"| volume | {' | '.join(METRIC_LABELS.get(m, m) for m in metrics)} |", '|---' * (len(metrics) + 1) + '|']
-    for n in viewer.volumes:
-        if viewer.comparable(n): rows.append(f"| {n} | " + ' | '.join(f'{np.mean(viewer.curve(n, m)):.4g}' for m in metrics) + ' |')
-    return '\n'.join(rows)
+    from v2v_diffusion.inference import md_table
+    rows = [['volume', *(METRIC_LABELS.get(m, m) for m in metrics)]]
+    rows += [[n, *(f'{np.mean(viewer.curve(n, m)):.4g}' for m in metrics)] for n in viewer.volumes if viewer.comparable(n)]
+    return md_table(rows)
