@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 LIB    := v2v_diffusion
 
-.PHONY: install test sync-check nbtest pytest slow demo lab bench browser-test clean
+.PHONY: install test sync-check nbtest pytest slow demo quality lab bench browser-test clean
 
 $(STAMP): settings.ini setup.py
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,10 @@ slow: install
 ## demo: the README's main command: phantom data -> tiny VAE -> tiny diffusion -> inference -> report
 demo: install
 	$(BIN)/v2v-demo --out runs/demo
+
+## quality: the ablation of the formulation (trains the demo and three variants, ~half an hour on 2 cores) -> docs/QUALITY.md
+quality: install
+	$(BIN)/v2v-quality --demo-dir runs/demo --out runs/quality --doc docs/QUALITY.md
 
 lab: install
 	$(BIN)/pip install -q jupyterlab

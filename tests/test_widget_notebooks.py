@@ -20,11 +20,11 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from v2v_diffusion.config import get_config, config_to_dict
     from v2v_diffusion.checkpoint import save_checkpoint, code_version
     from v2v_diffusion.vae import VAE
-    from v2v_diffusion.unet import UNet
+    from v2v_diffusion.formulation import build_unet
     cfg = get_config('tiny')
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        vae, unet = VAE(cfg.vae), UNet(cfg.unet, latent_channels=cfg.vae.latent_channels)
+        vae, unet = VAE(cfg.vae), build_unet(cfg)
     ckpt = dict(config=config_to_dict(cfg), stage='diffusion',
                 models=dict(vae=vae.state_dict(), unet=unet.state_dict(), unet_ema=unet.state_dict()),
                 scaling_factor=1.0, optimizer=None, lr_scheduler=None, scaler=None, step=1, epoch=0, rng=None,

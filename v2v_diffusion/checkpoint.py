@@ -13,7 +13,7 @@ from torch import nn
 import v2v_diffusion
 from .config import Config, config_from_dict, config_to_dict
 from .vae import VAE
-from .unet import UNet
+from .formulation import build_unet
 from .diffusion import GaussianDiffusion
 
 # %% auto #0
@@ -72,9 +72,10 @@ def _atomic_link(src: Path, dst: Path) -> Path:
 _NAME = re.compile(r'^checkpoint_(?:(?P<last>last)|best_epoch_(?P<epoch>\d+)|step_(?P<step>\d+))_(?P<suffix>.+)\.pt$')
 
 def stage_suffix(stage: str, suffix: str) -> str:
-    "File suffix of a stage: `vae_<suffix>` for the VAE stage, `<suffix>` for the diffusion stage."
-    if stage not in ('vae', 'diffusion'): raise ValueError(f"stage must be 'vae' or 'diffusion', got {stage!r}")
-    return f'vae_{suffix}' if stage == 'vae' else suffix
+    "File suffix of a stage: `vae_<suffix>` (VAE), `<suffix>` (diffusion), `reg_<suffix>` (regression baseline)."
+    prefix = {'vae': 'vae_', 'diffusion': '', 'regression': 'reg_'}
+    if stage not in prefix: raise ValueError(f"stage must be one of {list(prefix)}, got {stage!r}")
+    return prefix[stage] + suffix
 
 def checkpoint_name(kind: str, suffix: str, *, step: int = 0, epoch: int = 0) -> str:
     "File name of a `'last'`, `'best'` or `'step'` checkpoint."
@@ -182,29 +183,33 @@ class Pipeline:
     path: Path | None = None
     stage: str = 'diffusion'
 
-def find_pipeline_checkpoint(run_dir) -> Path:
-    "Best checkpoint file in a run folder: stage 2 before stage 1, then best > last > newest step."
+def _stage_of_suffix(suffix: str) -> str:
+    return 'vae' if suffix.startswith('vae_') else 'regression' if suffix.startswith('reg_') else 'diffusion'
+
+def find_pipeline_checkpoint(run_dir, stage: str | None = None) -> Path:
+    "Best checkpoint file in a run folder (of `stage` when given): diffusion > regression > VAE, best > last > step."
     d = Path(run_dir); d = d / 'checkpoints' if (d / 'checkpoints').is_dir() else d
-    rank = {'best': 0, 'last': 1, 'step': 2}
+    rank, order = {'best': 0, 'last': 1, 'step': 2}, {'diffusion': 0, 'regression': 1, 'vae': 2}
     def key(p):
         i = parse_checkpoint_name(p.name)
-        return (i['suffix'].startswith('vae_'), rank[i['kind']], -i['step'], -i['epoch'])
-    files = sorted(list_checkpoints(d), key=key)
-    if not files: raise CheckpointError(f"{d}: no checkpoint_*.pt files")
+        return (order[_stage_of_suffix(i['suffix'])], rank[i['kind']], -i['step'], -i['epoch'])
+    files = sorted((p for p in list_checkpoints(d) if stage is None or _stage_of_suffix(parse_checkpoint_name(p.name)['suffix']) == stage),
+                   key=key)
+    if not files: raise CheckpointError(f"{d}: no checkpoint_*.pt files" + (f" of stage {stage!r}" if stage else ''))
     return files[0]
 
 # %% ../nbs/09_checkpoint.ipynb #f71292d8
-def load_pipeline(path_or_run_dir, map_location='cpu', use_ema: bool = True) -> Pipeline:
-    "Models of a checkpoint (file or run folder) in eval mode on `map_location`."
+def load_pipeline(path_or_run_dir, map_location='cpu', use_ema: bool = True, stage: str | None = None) -> Pipeline:
+    "Models of a checkpoint (file, or run folder and optionally the `stage`) in eval mode on `map_location`."
     path = Path(path_or_run_dir)
-    path = find_pipeline_checkpoint(path) if path.is_dir() else path
+    path = find_pipeline_checkpoint(path, stage) if path.is_dir() else path
     ckpt = load_checkpoint(path, map_location)
     cfg, models = config_from_dict(ckpt['config']), ckpt['models']
     vae = VAE(cfg.vae); vae.load_state_dict(models['vae'])
     key = 'unet_ema' if use_ema and models.get('unet_ema') is not None else 'unet'
     unet = None
     if models.get(key) is not None:
-        unet = UNet(cfg.unet, latent_channels=cfg.vae.latent_channels); unet.load_state_dict(models[key])
+        unet = build_unet(cfg); unet.load_state_dict(models[key])
     diffusion = GaussianDiffusion(cfg.diffusion)
     for m in (vae, unet, diffusion):
         if isinstance(m, nn.Module): m.to(map_location).eval().requires_grad_(False)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['prepare_script', 'train_script', 'infer_script', 'eval_script', 'phantom_script', 'bench_script', 'demo_script',
-           'prepare_main', 'train_main', 'phantom_main', 'bench_main', 'infer_parser', 'infer_main', 'eval_parser',
-           'eval_main', 'demo_main']
+           'quality_script', 'prepare_main', 'train_main', 'phantom_main', 'bench_main', 'infer_parser', 'infer_main',
+           'eval_parser', 'eval_main', 'demo_main', 'quality_main']
 
 # %% ../nbs/13_cli.ipynb #097f8854
 def _delegate(module: str, name: str, argv, prog: str):
@@ -47,6 +47,7 @@ def infer_parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, help='sampling seed (default: infer.seed)')
     p.add_argument('--overlap', type=int, help='thin frames shared by neighbouring windows (default: infer.overlap)')
     p.add_argument('--batch-size', type=int, help='windows sampled together (default: infer.batch_size)')
+    p.add_argument('--samples', type=int, help='K posterior samples: output their mean, std as uncertainty (default: infer.num_samples)')
     p.add_argument('--thin-spacing', type=float, help='output slice spacing in mm (default: ground truth or 1.0)')
     p.add_argument('--copy-patient-tags', action='store_true', help='copy patient/study tags (default: de-identify)')
     p.add_argument('--no-ema', action='store_true', help='use the raw U-Net weights instead of the EMA')
@@ -69,12 +70,15 @@ def infer_main(argv=None) -> dict:
     thick, truth, name = inf.read_input(a.input, a.case, cache_dir=None)
     spacing = a.thin_spacing or (float(truth.spacing[0]) if truth is not None else 1.0)
     grid = truth.z if truth is not None and not a.thin_spacing else None
-    thin = inf.infer_volume(pipe, thick, steps=a.steps, eta=a.eta, seed=a.seed, overlap=a.overlap, batch_size=a.batch_size,
-                            thin_z=grid, thin_spacing=spacing)
-    res = inf.export_volume(thin, out, reference_meta=thick.meta, copy_patient_tags=a.copy_patient_tags or pipe.cfg.infer.copy_patient_tags)
+    post = inf.infer_posterior(pipe, thick, num_samples=a.samples, steps=a.steps, eta=a.eta, seed=a.seed, overlap=a.overlap,
+                               batch_size=a.batch_size, thin_z=grid, thin_spacing=spacing)
+    thin = post.mean
+    res = inf.export_posterior(post, out, reference_meta=thick.meta,
+                               copy_patient_tags=a.copy_patient_tags or pipe.cfg.infer.copy_patient_tags)
     for v in ('axial', 'coronal'): inf.montage(thick, out / f'thick_{v}.png', view=v, title=f'input (thick) {v}')
     summary = dict(input=str(a.input), case=name, checkpoint=str(pipe.path), thick_shape=list(thick.hu.shape), thin_shape=list(thin.hu.shape),
-                   thin_spacing_mm=float(thin.spacing[0]), dicom=str(res['dicom']), nifti=str(res['nifti']), seconds=round(time.time() - t0, 1))
+                   thin_spacing_mm=float(thin.spacing[0]), dicom=str(res['dicom']), nifti=str(res['nifti']), std=str(res['std']),
+                   samples=post.num_samples, seconds=round(time.time() - t0, 1))
     if truth is not None and grid is not None: summary['metrics'] = _quick_metrics(pipe, thick, truth, thin)
     (out / 'summary.json').write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
@@ -82,11 +86,10 @@ def infer_main(argv=None) -> dict:
 
 def _quick_metrics(pipe, thick, truth, thin) -> dict:
     "PSNR/SSIM/HU MAE of the model and the interpolation baselines against the ground truth."
-    from v2v_diffusion.inference import volume_metrics, resize_slices
-    from v2v_diffusion.metrics import interpolate_z
+    from v2v_diffusion.evaluate import volume_metrics, baseline_predictions
     from v2v_diffusion.windowing import Window
     w = Window(pipe.cfg.data.window_center, pipe.cfg.data.window_width)
-    preds = {m: interpolate_z(thick.hu, thick.z, truth.z, m) for m in ('nearest', 'linear', 'cubic')} | {'model': thin.hu}
+    preds = baseline_predictions(thick, truth.z, pipe.cfg.formulation.slice_profile) | {'model': thin.hu}
     return {m: {k: round(v, 4) for k, v in volume_metrics(p, truth.hu, w).items() if k in ('psnr', 'ssim', 'hu_mae')}
             for m, p in preds.items() if p.shape == truth.hu.shape}
 
@@ -102,6 +105,10 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument('--batch-size', type=int)
     p.add_argument('--cache-dir', help='decoded-volume cache and splits.json (default: data.cache_dir of the checkpoint)')
     p.add_argument('--max-cases', type=int, help='evaluate at most N cases')
+    p.add_argument('--samples', type=int, help='K posterior samples (default: infer.num_samples)')
+    p.add_argument('--slice-drop', type=int, default=0, metavar='N',
+                   help='thick-only evaluation: keep every N-th thick slice, score the rebuilt dropped ones')
+    p.add_argument('--no-regression', action='store_true', help="skip the run folder's regression baseline")
     p.add_argument('--no-ema', action='store_true'); p.add_argument('--device', default='auto')
     return p
 
@@ -109,26 +116,49 @@ def eval_main(argv=None) -> dict:
     "`v2v-eval`: evaluate a checkpoint on a dataset split; writes report.md, report.html, metrics.json."
     a = eval_parser().parse_args(argv)
     from v2v_diffusion.checkpoint import load_pipeline
-    from v2v_diffusion.inference import evaluate, md_table, metric_table
+    from v2v_diffusion.evaluate import evaluate
+    from v2v_diffusion.report import md_table, metric_table
     pipe = load_pipeline(a.checkpoint, map_location=_device(a.device), use_ema=not a.no_ema)
-    res = evaluate(pipe, a.root, a.out, split=a.split, cache_dir=a.cache_dir, steps=a.steps, eta=a.eta, seed=a.seed,
-                   overlap=a.overlap, batch_size=a.batch_size, max_cases=a.max_cases)
+    reg = _regression_of(a.checkpoint, _device(a.device), not a.no_ema) if not a.no_regression else None
+    res = evaluate(pipe, a.root, a.out, split=a.split, cache_dir=a.cache_dir, regression=reg, slice_drop=a.slice_drop,
+                   max_cases=a.max_cases, num_samples=a.samples, steps=a.steps, eta=a.eta, seed=a.seed, overlap=a.overlap,
+                   batch_size=a.batch_size)
     print(md_table(metric_table(res['summary']))); print(res['verdict']); print(f"report: {res['report']}")
     return res
 
+def _regression_of(checkpoint, device: str, use_ema: bool):
+    "The regression baseline of a run folder, or None (a file, or a run without one)."
+    from v2v_diffusion.checkpoint import load_pipeline, CheckpointError
+    if not Path(checkpoint).is_dir(): return None
+    try: return load_pipeline(checkpoint, map_location=device, use_ema=use_ema, stage='regression')
+    except CheckpointError: return None
+
 # %% ../nbs/13_cli.ipynb #15a69181
 def demo_main(argv=None) -> dict:
-    "`v2v-demo [--out runs/demo]`: phantoms → tiny VAE → tiny diffusion → inference → report, on a CPU."
+    "`v2v-demo [--out runs/demo]`: phantoms → residual VAE → diffusion + regression → inference → report, on a CPU."
     p = argparse.ArgumentParser(prog='v2v-demo', description='End-to-end demo on phantom data (CPU, minutes).')
     p.add_argument('--out', default='runs/demo')
     p.add_argument('--vae-steps', type=int, help='VAE optimizer steps (default: the demo preset)')
     p.add_argument('--diffusion-steps', type=int, help='diffusion optimizer steps (default: the demo preset)')
+    p.add_argument('--regression-steps', type=int, help='regression baseline optimizer steps (default: the demo preset)')
+    p.add_argument('--samples', type=int, help='K posterior samples (default: the demo preset)')
     p.add_argument('--extra-cases', type=int, help='phantom cases generated besides data_samples')
     p.add_argument('--fresh', action='store_true', help='delete --out first (default: reuse data and resume training)')
     a = p.parse_args(argv)
-    from v2v_diffusion.inference import run_demo
-    kw = {k: v for k, v in dict(vae_steps=a.vae_steps, diffusion_steps=a.diffusion_steps, extra_cases=a.extra_cases).items() if v is not None}
+    from v2v_diffusion.demo import run_demo
+    kw = dict(vae_steps=a.vae_steps, diffusion_steps=a.diffusion_steps, regression_steps=a.regression_steps,
+              num_samples=a.samples, extra_cases=a.extra_cases)
+    kw = {k: v for k, v in kw.items() if v is not None}
     return run_demo(a.out, fresh=a.fresh, **kw)
+
+def quality_main(argv=None) -> dict:
+    "`v2v-quality`: the ablation of the formulation on the demo's data → docs/QUALITY.md."
+    p = argparse.ArgumentParser(prog='v2v-quality', description='Ablation: what each part of the formulation buys (CPU, ~half an hour).')
+    p.add_argument('--out', default='runs/quality'); p.add_argument('--demo-dir', default='runs/demo')
+    p.add_argument('--doc', default='docs/QUALITY.md')
+    a = p.parse_args(argv)
+    from v2v_diffusion.demo import run_quality
+    return run_quality(a.out, a.doc, a.demo_dir)
 
 # %% ../nbs/13_cli.ipynb #3aec4e78
 def _console(main):
@@ -140,5 +170,5 @@ def _console(main):
     entry.__doc__ = f"Console script of `{main.__name__}`: {main.__doc__}"
     return entry
 
-prepare_script, train_script, infer_script, eval_script, phantom_script, bench_script, demo_script = map(
-    _console, (prepare_main, train_main, infer_main, eval_main, phantom_main, bench_main, demo_main))
+prepare_script, train_script, infer_script, eval_script, phantom_script, bench_script, demo_script, quality_script = map(
+    _console, (prepare_main, train_main, infer_main, eval_main, phantom_main, bench_main, demo_main, quality_main))

@@ -10,9 +10,9 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['PRESETS', 'DataConfig', 'VAEConfig', 'UNetConfig', 'DiffusionConfig', 'TrainConfig', 'InferConfig', 'Config',
-           'ConfigError', 'validate_config', 'config_from_dict', 'config_to_dict', 'get_config', 'parse_overrides',
-           'save_config', 'load_config']
+__all__ = ['PRESETS', 'DataConfig', 'VAEConfig', 'UNetConfig', 'DiffusionConfig', 'FormulationConfig', 'TrainConfig',
+           'InferConfig', 'Config', 'ConfigError', 'validate_config', 'config_from_dict', 'config_to_dict',
+           'get_config', 'parse_overrides', 'save_config', 'load_config']
 
 # %% ../nbs/00_config.ipynb #65b339b4
 @dataclass
@@ -67,20 +67,32 @@ class DiffusionConfig:
     "Gaussian diffusion: schedule, parameterisation, sampler."
     num_train_steps: int = 1000
     schedule: str = 'cosine'            # 'cosine' | 'linear'
-    prediction: str = 'eps'             # 'eps' | 'v'
+    prediction: str = 'v'               # 'eps' | 'v' (ε errors grow ~631× in the first DDIM step from t=999)
     ddim_steps: int = 50
     ddim_eta: float = 0.0
     msssim_weight: float = 0.0          # optional MS-SSIM term on the predicted x0
     min_snr_gamma: float = 0.0          # 0 = off; e.g. 5.0 for min-SNR weighting
 
+# %% ../nbs/00_config.ipynb #e55e133a
+@dataclass
+class FormulationConfig:
+    "What the model sees and predicts: the interpolation base, the residual, data consistency."
+    condition: str = 'base'             # 'base': the whole-series interpolation on the window | 'thick': its own thick frames
+    target: str = 'residual'            # 'residual': thin − base, output = base + residual | 'thin': the thin clip itself
+    interp: str = 'cubic'               # interpolation of the base: 'nearest' | 'linear' | 'cubic'
+    data_consistency: bool = True       # base and outputs keep each thick slab's mean equal to its thick slice
+    slice_profile: str = 'boxcar'       # forward model of a thick slice: 'boxcar' | 'gaussian' (FWHM = SliceThickness)
+    residual_hu: float = 100.0          # HU of one model unit of the residual
+
 # %% ../nbs/00_config.ipynb #df2291e7
 @dataclass
 class TrainConfig:
     "Optimisation, precision, checkpoints and validation."
-    stage: str = 'both'                 # 'vae' | 'diffusion' | 'both'
+    stage: str = 'both'                 # 'vae' | 'diffusion' | 'regression' | 'both' (vae, diffusion) | 'all' (all three)
     output_dir: str = 'runs/default'
     vae_max_steps: int = 20000          # optimizer steps of stage 1
     max_steps: int = 100000             # optimizer steps of stage 2
+    regression_max_steps: int = 20000   # optimizer steps of the regression baseline (same U-Net, fixed t, MSE)
     grad_accum: int = 16
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -109,6 +121,7 @@ class InferConfig:
     overlap: int = 8                    # thin frames shared by neighbouring windows (blended)
     batch_size: int = 2                 # windows denoised together
     seed: int = 0
+    num_samples: int = 4                # K DDIM samples: the output is their mean, their std the uncertainty
     use_ema: bool = True
     copy_patient_tags: bool = False     # False: de-identify the exported DICOM
     output_dir: str = 'runs/infer'
@@ -121,6 +134,7 @@ class Config:
     vae: VAEConfig = field(default_factory=VAEConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    formulation: FormulationConfig = field(default_factory=FormulationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
 
@@ -164,8 +178,10 @@ def _section_from_dict(cls, d: dict, prefix: str):
 
 # %% ../nbs/00_config.ipynb #edac1c62
 _CHOICES = {'data.thick_mode': ('native', 'resampled'), 'diffusion.schedule': ('cosine', 'linear'),
-            'diffusion.prediction': ('eps', 'v'), 'train.stage': ('vae', 'diffusion', 'both'),
-            'train.precision': ('fp32', 'fp16', 'bf16'), 'train.recon_loss': ('l1', 'mse')}
+            'diffusion.prediction': ('eps', 'v'), 'train.stage': ('vae', 'diffusion', 'regression', 'both', 'all'),
+            'train.precision': ('fp32', 'fp16', 'bf16'), 'train.recon_loss': ('l1', 'mse'),
+            'formulation.condition': ('base', 'thick'), 'formulation.target': ('residual', 'thin'),
+            'formulation.interp': ('nearest', 'linear', 'cubic'), 'formulation.slice_profile': ('boxcar', 'gaussian')}
 
 def validate_config(cfg: Config) -> Config:
     "Check rules across fields; raise `ConfigError` naming the key and value."
@@ -174,8 +190,10 @@ def validate_config(cfg: Config) -> Config:
     for key, choices in _CHOICES.items():
         sec, name = key.split('.'); val = getattr(getattr(cfg, sec), name)
         if val not in choices: bad(key, val, f"must be one of {choices}")
+    f = 2 ** (len(cfg.vae.channels) - 1) * 2 ** (len(cfg.unet.channel_mult) - 1)
     for name in ('height', 'width'):
-        if getattr(d, name) <= 0 or getattr(d, name) % 8: bad(f'data.{name}', getattr(d, name), 'must be positive and divisible by 8')
+        if getattr(d, name) <= 0 or getattr(d, name) % f:
+            bad(f'data.{name}', getattr(d, name), f'must be positive and divisible by {f} (VAE × U-Net downsampling)')
     if d.window_width <= 0: bad('data.window_width', d.window_width, 'must be > 0')
     if d.n_frames < 1: bad('data.n_frames', d.n_frames, 'must be >= 1')
     if not 0 <= d.val_frac + d.test_frac < 1: bad('data.val_frac+test_frac', d.val_frac + d.test_frac, 'must be in [0, 1)')
@@ -190,7 +208,7 @@ def _validate_models(cfg: Config):
     if len(v.channels) < 1 or min(v.channels) <= 0: bad('vae.channels', v.channels, 'need >= 1 positive width')
     if any(c % v.norm_groups for c in v.channels): bad('vae.channels', v.channels, f'each must divide by vae.norm_groups={v.norm_groups}')
     if v.temporal_kernel < 1 or v.temporal_kernel % 2 == 0: bad('vae.temporal_kernel', v.temporal_kernel, 'must be odd and >= 1')
-    if 2 ** (len(v.channels) - 1) != 8: bad('vae.channels', v.channels, 'need 4 levels for 8x spatial downsampling')
+    if not 2 <= len(v.channels) <= 4: bad('vae.channels', v.channels, 'need 2..4 levels (2x, 4x or 8x spatial downsampling)')
     if u.model_channels <= 0: bad('unet.model_channels', u.model_channels, 'must be > 0')
     widths = [u.model_channels * m for m in u.channel_mult]
     if min(u.channel_mult) <= 0 or any(w % u.norm_groups for w in widths): bad('unet.channel_mult', u.channel_mult, f'widths {widths} must be positive and divide by unet.norm_groups={u.norm_groups}')
@@ -199,6 +217,8 @@ def _validate_models(cfg: Config):
     if not 0 < df.ddim_steps <= df.num_train_steps: bad('diffusion.ddim_steps', df.ddim_steps, f'must be in 1..{df.num_train_steps}')
     for name in ('lr', 'grad_accum', 'max_grad_norm', 'checkpoint_every', 'validate_every', 'keep_last'):
         if getattr(t, name) <= 0: bad(f'train.{name}', getattr(t, name), 'must be > 0')
+    if cfg.infer.num_samples < 1: bad('infer.num_samples', cfg.infer.num_samples, 'must be >= 1')
+    if cfg.formulation.residual_hu <= 0: bad('formulation.residual_hu', cfg.formulation.residual_hu, 'must be > 0')
     if not 0 <= cfg.infer.overlap < cfg.data.n_frames: bad('infer.overlap', cfg.infer.overlap, f'must be in 0..data.n_frames-1={cfg.data.n_frames - 1}')
 
 # %% ../nbs/00_config.ipynb #79b48f74
@@ -216,7 +236,7 @@ def _preset_v100() -> dict:
     "The seed's training setup on a V100 32 GB."
     return {'data': dict(n_frames=24, height=256, width=256, batch_size=2, val_frac=0.15, test_frac=0.10, split_seed=42),
             'unet': dict(grad_checkpointing=True), 'vae': dict(grad_checkpointing=True),
-            'diffusion': dict(ddim_steps=50),
+            'diffusion': dict(ddim_steps=50, prediction='v'),
             'train': dict(grad_accum=16, precision='fp16', lr=1e-4, weight_decay=0.01, warmup_steps=1000, min_lr=1e-6,
                           max_grad_norm=1.0, checkpoint_every=1000, validate_every=1000, keep_last=1,
                           suffix='maisi_arch_scratch')}
@@ -228,18 +248,29 @@ def _preset_a100() -> dict:
 
 # %% ../nbs/00_config.ipynb #4196fbec
 def _preset_tiny() -> dict:
-    "Seconds on a CPU: tests and the demo."
+    "Seconds on a CPU: tests."
     return {'data': dict(n_frames=8, height=32, width=32, batch_size=2, num_workers=0),
             'vae': dict(channels=(8, 16, 16, 16), num_res_blocks=1, norm_groups=4, kl_weight=1e-6),
             'unet': dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
                          num_heads=2, time_embed_dim=64, norm_groups=4),
             'diffusion': dict(ddim_steps=10, prediction='v'),   # v: usable samples after minutes of CPU training (ε gives noise)
-            'train': dict(vae_max_steps=20, max_steps=20, grad_accum=1, precision='fp32', lr=1e-3, warmup_steps=5,
-                          min_lr=1e-5, checkpoint_every=10, validate_every=10, log_every=5, keep_last=2,
+            'train': dict(vae_max_steps=20, max_steps=20, regression_max_steps=20, grad_accum=1, precision='fp32', lr=1e-3,
+                          warmup_steps=5, min_lr=1e-5, checkpoint_every=10, validate_every=10, log_every=5, keep_last=2,
                           val_clips=2, ema_decay=0.9, suffix='tiny'),
-            'infer': dict(overlap=2, batch_size=2)}
+            'infer': dict(overlap=2, batch_size=2, num_samples=2)}
 
-PRESETS = {'tiny': _preset_tiny, 'v100': _preset_v100, 'a100': _preset_a100}
+def _preset_demo() -> dict:
+    "The CPU demo: 64² clips, a 2× VAE on residuals, minutes of training that must beat interpolation."
+    d = _preset_tiny()
+    d['data'].update(height=64, width=64)
+    d['vae'] = dict(channels=(16, 32), num_res_blocks=1, norm_groups=8, kl_weight=1e-6)
+    d['unet'] = dict(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_levels=(2,), num_heads=2,
+                     time_embed_dim=128, norm_groups=8)
+    d['train'].update(lr=1e-3, warmup_steps=50, ema_decay=0.995, suffix='demo', val_clips=4)
+    d['infer'].update(num_samples=4, batch_size=4)
+    return d
+
+PRESETS = {'tiny': _preset_tiny, 'demo': _preset_demo, 'v100': _preset_v100, 'a100': _preset_a100}
 
 # %% ../nbs/00_config.ipynb #60ab4a01
 def _merge(base: dict, upd: dict) -> dict:

@@ -12,14 +12,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from .config import Config, DataConfig, load_config, get_config
+from .config import Config, DataConfig, FormulationConfig, load_config, get_config
+from .base import interpolation_base
 from .dicom import DicomError, DicomWarning, Volume, pick_thick_thin, read_dicom_tree
 from .windowing import hu_to_unit
 
 # %% auto #0
 __all__ = ['THICK_RATIO', 'CaseRef', 'find_cases', 'PairedCase', 'pair_case', 'load_case', 'native_thick_frames', 'sample_z',
-           'window_thick_z', 'ClipDataset', 'split_cases', 'make_splits', 'load_cases', 'summary_table',
-           'prepare_dataset', 'prepare_main', 'build_dataloaders']
+           'window_thick_z', 'resize_hu', 'window_base', 'ClipDataset', 'split_cases', 'make_splits', 'load_cases',
+           'summary_table', 'prepare_dataset', 'prepare_main', 'build_dataloaders']
 
 # %% ../nbs/04_data.ipynb #034d2928
 @dataclass(frozen=True)
@@ -163,17 +164,35 @@ def window_thick_z(thin_z: np.ndarray, dz_thin: float, n_thick: int) -> np.ndarr
     lo, length = float(thin_z[0]) - dz_thin / 2, len(thin_z) * dz_thin
     return lo + (np.arange(n_thick) + 0.5) * length / n_thick
 
+def resize_hu(hu: np.ndarray, hw: tuple) -> torch.Tensor:
+    "(T,Y,X) HU → (T,H,W) float32 HU: antialiased bilinear resize (no copy of the size when equal)."
+    x = torch.from_numpy(np.ascontiguousarray(hu, np.float32))[None]
+    if tuple(x.shape[-2:]) != tuple(hw): x = F.interpolate(x, size=tuple(hw), mode='bilinear', antialias=True, align_corners=False)
+    return x[0]
+
 def _to_unit(hu: np.ndarray, hw: tuple, dc: DataConfig) -> torch.Tensor:
     "(T,Y,X) HU → (1,T,H,W) float32 in [-1,1]: antialiased bilinear resize, then the config's window."
-    x = torch.from_numpy(np.ascontiguousarray(hu, np.float32))[None]
-    if tuple(x.shape[-2:]) != hw: x = F.interpolate(x, size=hw, mode='bilinear', antialias=True, align_corners=False)
-    return hu_to_unit(x, (dc.window_center, dc.window_width))
+    return hu_to_unit(resize_hu(hu, hw)[None], (dc.window_center, dc.window_width))
+
+# %% ../nbs/04_data.ipynb #d2b6e3bb
+def window_base(thick: Volume, z: np.ndarray, dz: float, hw: tuple, f: FormulationConfig) -> torch.Tensor:
+    "(T,H,W) HU of the base at the thin positions `z` (spacing `dz`), computed at size `hw`."
+    zk, s = np.asarray(thick.z, float), float(thick.thickness)
+    reach = 4 * (float(np.median(np.diff(zk))) if len(zk) > 1 else s) + s
+    near = np.nonzero((zk >= z[0] - reach) & (zk <= z[-1] + reach))[0]
+    near = near if len(near) else np.array([int(np.argmin(np.abs(zk - z.mean())))])
+    m = int(math.ceil(s / dz)) + 1
+    grid = z[0] + dz * np.arange(-m, int(round((z[-1] - z[0]) / dz)) + 1 + m)
+    b = interpolation_base(resize_hu(thick.hu[near], hw).numpy(), zk[near], s, grid, f.interp, f.data_consistency,
+                           f.slice_profile)
+    return torch.from_numpy(b[np.clip(np.rint((z - grid[0]) / dz).astype(int), 0, len(grid) - 1)])
 
 # %% ../nbs/04_data.ipynb #a8de12f2
 class ClipDataset(Dataset):
-    "z-aligned (thin, thick) clips of paired cases: dicts of (1,T,H,W) / (1,Tk,H,W) tensors in [-1,1] plus metadata."
-    def __init__(self, cases: list[PairedCase], data_cfg: DataConfig, *, train: bool = True, interp: str = 'linear'):
-        self.cases, self.cfg, self.train, self.interp = list(cases), data_cfg, train, interp
+    "z-aligned clips of paired cases: thin (1,T,H,W), thick (1,Tk,H,W) in [-1,1], base and residual with `formulation`."
+    def __init__(self, cases: list[PairedCase], data_cfg: DataConfig, *, train: bool = True, interp: str = 'linear',
+                 formulation: FormulationConfig | None = None):
+        self.cases, self.cfg, self.train, self.interp, self.formulation = list(cases), data_cfg, train, interp, formulation
         self.T = data_cfg.n_frames
         self.Tk = self.T if data_cfg.thick_mode == 'resampled' else native_thick_frames(self.T)
         self.ranges = [c.thin_range() for c in self.cases]
@@ -198,10 +217,16 @@ def _getitem(self, i: int) -> dict:
     case, idx, dc = self.cases[self.index[i][0]], self.window(i), self.cfg
     tz = np.asarray(case.thin.z, float)[idx]
     kz = tz if dc.thick_mode == 'resampled' else window_thick_z(tz, case.thin.spacing[0], self.Tk)
-    hw = (dc.height, dc.width)
-    return dict(thin=_to_unit(case.thin.hu[idx], hw, dc), thick=_to_unit(sample_z(case.thick, kz, self.interp), hw, dc),
+    hw, window = (dc.height, dc.width), (dc.window_center, dc.window_width)
+    thin_hu = resize_hu(case.thin.hu[idx], hw)
+    item = dict(thin=hu_to_unit(thin_hu[None], window), thick=_to_unit(sample_z(case.thick, kz, self.interp), hw, dc),
                 case_id=case.case_id, category=case.category, z_start=float(tz[0]), z_end=float(tz[-1]),
                 thick_z=torch.tensor(kz, dtype=torch.float32))
+    if self.formulation is not None:
+        base = window_base(case.thick, tz, float(case.thin.spacing[0]), hw, self.formulation)
+        item |= dict(base=hu_to_unit(base[None], window), base_hu=base[None],
+                    residual=((thin_hu - base) / self.formulation.residual_hu)[None])
+    return item
 
 ClipDataset.__getitem__ = _getitem
 
@@ -315,7 +340,7 @@ def build_dataloaders(cfg: Config, *, distributed: bool = False, progress: bool 
     out = {}
     for name, ids in splits.items():
         train = name == 'train'
-        ds = ClipDataset([by_id[i] for i in ids], dc, train=train)
+        ds = ClipDataset([by_id[i] for i in ids], dc, train=train, formulation=cfg.formulation)
         sampler = DistributedSampler(ds, shuffle=train, seed=cfg.train.seed) if distributed and len(ds) else None
         out[name] = DataLoader(ds, batch_size=dc.batch_size, shuffle=train and sampler is None and len(ds) > 0, sampler=sampler,
                                num_workers=dc.num_workers, persistent_workers=dc.num_workers > 0, worker_init_fn=_worker_init,

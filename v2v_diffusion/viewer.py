@@ -23,8 +23,8 @@ __all__ = ['ORIENTATIONS', 'AXIS_NAMES', 'DIFF_CMAP', 'METRIC_LABELS', 'UNTRAINE
            'nearest_index', 'slider_positions', 'extract_slice', 'pixel_aspect', 'window_to_uint8', 'difference_map',
            'diff_to_rgb', 'to_png', 'from_png', 'one_torch_thread', 'slice_metrics', 'plane_metrics', 'MetricPlot',
            'metric_plot', 'colorbar_png', 'SliceViewer', 'open_pipeline', 'describe_pipeline', 'project_path',
-           'open_case', 'at_model_resolution', 'reconstruct_volume', 'reconstruction_viewer', 'samples_viewer',
-           'metrics_table']
+           'open_case', 'at_model_resolution', 'reconstruct_volume', 'reconstruction_viewer', 'uncertainty_view',
+           'samples_viewer', 'metrics_table']
 
 # %% ../nbs/12_viewer.ipynb #00575221
 @dataclass
@@ -402,13 +402,13 @@ def open_pipeline(checkpoint: str = '', preset: str = 'tiny', seed: int = 0):
     import torch
     from v2v_diffusion.config import get_config
     from v2v_diffusion.vae import VAE
-    from v2v_diffusion.unet import UNet
+    from v2v_diffusion.formulation import build_unet
     from v2v_diffusion.diffusion import GaussianDiffusion
     warnings.warn(UNTRAINED.format(preset), stacklevel=2)
     cfg = get_config(preset)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        vae, unet = VAE(cfg.vae), UNet(cfg.unet, latent_channels=cfg.vae.latent_channels)
+        vae, unet = VAE(cfg.vae), build_unet(cfg)
     for m in (vae, unet): m.eval().requires_grad_(False)
     return Pipeline(cfg, vae, unet, GaussianDiffusion(cfg.diffusion), cfg.vae.scaling_factor, None, 'untrained')
 
@@ -454,16 +454,13 @@ def at_model_resolution(vol, cfg) -> ViewVolume:
     vol = as_view_volume(vol); x, w = _unit(vol, cfg)
     return _back(x, vol, w)
 
-def reconstruct_volume(pipeline, vol, *, overlap: int | None = None, batch_size: int | None = None, progress: bool = False) -> ViewVolume:
-    "VAE decode(encode(·)) of a whole HU volume, window by window along z (blended), back at its own size."
-    import torch
-    from v2v_diffusion.inference import sliding_window_z, vae_reconstruct
-    vol, cfg = as_view_volume(vol), pipeline.cfg
-    x, w = _unit(vol, cfg); T, Z = cfg.data.n_frames, len(vol.z)
-    if Z < T: x = torch.cat([x, x[-1:].expand(T - Z, -1, -1)])          # repeat the last slice up to one window
-    fn = lambda starts: vae_reconstruct(pipeline, torch.stack([x[s:s + T] for s in starts])[:, None])
-    out = sliding_window_z(fn, len(x), T, cfg.infer.overlap if overlap is None else overlap, batch_size or cfg.infer.batch_size, progress, desc='VAE windows')
-    return _back(out[0, :Z], vol, w)
+def reconstruct_volume(pipeline, vol, thick=None, *, overlap: int | None = None, batch_size: int | None = None,
+                       progress: bool = False) -> ViewVolume:
+    "The VAE's reconstruction of a whole HU volume (through its residual on `thick`'s base), as a ViewVolume."
+    from v2v_diffusion.inference import reconstruct_volume as reconstruct
+    v = reconstruct(pipeline, vol, thick, overlap=overlap, batch_size=batch_size, progress=progress)
+    return ViewVolume(v.hu, v.z, v.spacing)
+
 
 # %% ../nbs/12_viewer.ipynb #5a97e8be
 def _title(pipeline, case, what: str) -> str:
@@ -474,22 +471,32 @@ def reconstruction_viewer(pipeline, case, **kw) -> SliceViewer:
     "Thin input vs its VAE reconstruction (and the input at the model's size), compared with the input."
     thin = as_view_volume(case.thin); H, W = pipeline.cfg.data.height, pipeline.cfg.data.width
     vols = {'input (thin)': thin, f'input at {H}×{W}': at_model_resolution(thin, pipeline.cfg),
-            'VAE reconstruction': reconstruct_volume(pipeline, thin)}
+            'VAE reconstruction': reconstruct_volume(pipeline, case.thin, case.thick)}
     return SliceViewer(vols, reference='input (thin)', title=_title(pipeline, case, 'VAE reconstruction'), **kw)
 
+def uncertainty_view(std, window: Window) -> ViewVolume:
+    "The per-voxel std (HU) shown in the display window: 0 HU black, the 99.9th percentile white."
+    top = max(float(np.percentile(std.hu, 99.9)), 1e-6)
+    return ViewVolume(window.low + np.clip(std.hu / top, 0, 1) * window.width, std.z, std.spacing)
+
 def samples_viewer(pipeline, case, seeds=(0, 1), *, steps: int | None = None, baselines=('linear', 'cubic'), **kw) -> SliceViewer:
-    "Thick input, thin volumes generated with each DDIM seed, z-interpolation baselines and the ground truth."
-    from v2v_diffusion.inference import infer_volume
+    "Thick input, the posterior mean, one sample a seed, the uncertainty, interpolation baselines and the truth."
+    from v2v_diffusion.inference import infer_posterior
     from v2v_diffusion.metrics import interpolate_z
     thin, vols = as_view_volume(case.thin), {'thick input': case.thick}
-    for s in seeds: vols[f'generated (seed {s})'] = infer_volume(pipeline, case.thick, steps=steps, seed=s, thin_z=thin.z, progress=False)
+    posts = {s: infer_posterior(pipeline, case.thick, steps=steps, seed=s, thin_z=thin.z, progress=False) for s in seeds}
+    first = posts[seeds[0]]
+    vols[f'model (mean of {first.num_samples})'] = first.mean
+    for s, post in posts.items(): vols[f'generated (seed {s})'] = post.sample
+    w = Window(pipeline.cfg.data.window_center, pipeline.cfg.data.window_width)
+    vols[f'uncertainty (std, 0–{np.percentile(first.std.hu, 99.9):.0f} HU)'] = uncertainty_view(first.std, w)
     for m in baselines: vols[f'{m} interpolation'] = ViewVolume(interpolate_z(case.thick.hu, case.thick.z, thin.z, m), thin.z, thin.spacing)
     vols['ground truth'] = thin
     return SliceViewer(vols, reference='ground truth', title=_title(pipeline, case, 'Generated vs ground truth'), **kw)
 
 def metrics_table(viewer: SliceViewer, metrics=('psnr', 'ssim')) -> str:
     "Markdown table of each volume's mean per-slice metrics against the viewer's reference."
-    from v2v_diffusion.inference import md_table
+    from v2v_diffusion.report import md_table
     rows = [['volume', *(METRIC_LABELS.get(m, m) for m in metrics)]]
     rows += [[n, *(f'{np.mean(viewer.curve(n, m)):.4g}' for m in metrics)] for n in viewer.volumes if viewer.comparable(n)]
     return md_table(rows)
