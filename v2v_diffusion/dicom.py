@@ -20,8 +20,8 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, gen
 from pydicom.valuerep import format_number_as_ds
 
 # %% auto #0
-__all__ = ['MAX_MEMBER_BYTES', 'MAX_ARCHIVE_BYTES', 'PADDING_HU', 'MAX_STEP_RATIO', 'TILT_CHOICES', 'read_zip_case', 'LPS_TO_RAS',
-           'Volume', 'DicomError', 'DicomWarning', 'dicom_series_bytes', 'write_dicom_series', 'iter_zip',
+__all__ = ['DERIVATION', 'MAX_MEMBER_BYTES', 'MAX_ARCHIVE_BYTES', 'PADDING_HU', 'MAX_STEP_RATIO', 'TILT_CHOICES', 'read_zip_case',
+           'LPS_TO_RAS', 'Volume', 'DicomError', 'DicomWarning', 'dicom_series_bytes', 'write_dicom_series', 'iter_zip',
            'parse_dicom', 'read_datasets', 'split_frames', 'slice_hu', 'stack_series', 'group_series', 'read_series',
            'read_dicom_tree', 'pick_thick_thin', 'nifti_affine', 'write_nifti']
 
@@ -92,25 +92,57 @@ def _warn(msg: str): warnings.warn(msg, DicomWarning, stacklevel=3)
 # %% ../nbs/02_dicom.ipynb #70cbadec
 _PATIENT_TAGS = ('PatientID', 'PatientName', 'PatientBirthDate', 'PatientSex', 'PatientAge', 'AccessionNumber',
                  'StudyDate', 'StudyTime', 'StudyID', 'ReferringPhysicianName', 'InstitutionName')
+_ACQUISITION_TAGS = ('KVP', 'PatientPosition', 'BodyPartExamined', 'Laterality')   # how the source was scanned
+_TYPE2 = ('PatientName', 'PatientID', 'PatientBirthDate', 'PatientSex', 'StudyDate', 'StudyTime', 'ReferringPhysicianName',
+          'StudyID', 'AccessionNumber', 'Laterality', 'PatientPosition', 'PositionReferenceIndicator', 'KVP',
+          'AcquisitionNumber')
+DERIVATION = 'v2v-diffusion: thin slices synthesised by latent video diffusion from a thick CT series'
+_DEID_METHOD = 'PS3.15 Basic Profile; source frame of reference kept'
 
 def _dsv(x) -> str: return format_number_as_ds(float(x))
 
+def _code(value: str, meaning: str, scheme: str = 'DCM') -> Dataset:
+    "A code sequence item."
+    c = Dataset()
+    c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning = value, scheme, meaning
+    return c
+
+def _identity(ds: Dataset, ref: dict, copy_patient_tags: bool, pseudonym: str | None):
+    "Patient and study identity: copied from `ref`, or removed (PS3.15 basic profile) with an optional pseudonym."
+    if copy_patient_tags:
+        for k in _PATIENT_TAGS:
+            if ref.get(k): setattr(ds, k, str(ref[k]))
+        return
+    ds.PatientIdentityRemoved, ds.DeidentificationMethod = 'YES', _DEID_METHOD
+    ds.DeidentificationMethodCodeSequence = [_code('113100', 'Basic Application Confidentiality Profile')]
+    if pseudonym: ds.PatientID = ds.PatientName = pseudonym
+
+def _description(text: str, ref: dict, copy_patient_tags: bool) -> str:
+    "SeriesDescription (64 characters at most) without the source's own free text unless patient tags are copied."
+    src = str(ref.get('SeriesDescription') or '').strip()
+    if src and not copy_patient_tags: text = re.sub(rf'(?<!\w){re.escape(src)}(?!\w)', 'source series', text)
+    return text[:64]
+
 def _base_dataset(vol: Volume, ref: dict, copy_patient_tags, series_description, study_uid, frame_uid,
-                  image_type, series_number) -> Dataset:
+                  image_type, series_number, pseudonym=None, derivation=DERIVATION) -> Dataset:
     "Everything shared by the slices of a written series."
     ds = Dataset(); ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CTImageStorage
     now = datetime.datetime.now()
-    ds.SpecificCharacterSet, ds.Modality, ds.ImageType = 'ISO_IR 192', 'CT', list(image_type)
+    ds.SpecificCharacterSet, ds.Modality = 'ISO_IR 192', 'CT'
+    ds.ImageType = list(image_type) + ['AXIAL'] * (len(image_type) < 3)
     ds.ContentDate, ds.ContentTime = now.strftime('%Y%m%d'), now.strftime('%H%M%S')
-    ds.PatientID, ds.PatientName = 'ANONYMOUS', 'ANONYMOUS'
-    if copy_patient_tags:
-        for k in _PATIENT_TAGS:
-            if ref.get(k): setattr(ds, k, str(ref[k]))
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid or generate_uid(), generate_uid()
-    ds.FrameOfReferenceUID = frame_uid or generate_uid()
-    ds.SeriesDescription, ds.SeriesNumber = series_description, series_number
-    ds.Manufacturer = ref.get('Manufacturer', 'v2v-diffusion') if copy_patient_tags else 'v2v-diffusion'
+    _identity(ds, ref, copy_patient_tags, pseudonym)
+    study = study_uid or (ref.get('StudyInstanceUID') if copy_patient_tags else None)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study or generate_uid(), generate_uid()
+    ds.FrameOfReferenceUID = frame_uid or ref.get('FrameOfReferenceUID') or generate_uid()
+    ds.SeriesDescription, ds.SeriesNumber = _description(series_description, ref, copy_patient_tags), series_number
+    ds.Manufacturer = 'v2v-diffusion'
+    if ds.ImageType[0] == 'DERIVED' and derivation: ds.DerivationDescription = derivation
+    for k in _ACQUISITION_TAGS:
+        if ref.get(k): setattr(ds, k, str(ref[k]))
+    for k in _TYPE2:           # Laterality is absent, not empty, for a body part (unpaired ones: dciodvfy warns otherwise)
+        if k not in ds and not (k == 'Laterality' and 'BodyPartExamined' in ds): setattr(ds, k, '')
     (ny, nx), (dz, dy, dx) = vol.hu.shape[1:], vol.spacing
     ds.Rows, ds.Columns, ds.PixelSpacing = ny, nx, [_dsv(dy), _dsv(dx)]
     ds.ImageOrientationPatient = [_dsv(o) for o in vol.orientation]
@@ -122,23 +154,55 @@ def _base_dataset(vol: Volume, ref: dict, copy_patient_tags, series_description,
     return ds
 
 # %% ../nbs/02_dicom.ipynb #e63736b3
+def _nearest_sources(sources: list, zs: np.ndarray, z: float) -> list:
+    "The source slices `[class, uid, frame, z]` that position `z` lies between (one when on or beyond a slice)."
+    k = int(np.searchsorted(zs, z))
+    near = [i for i in (k - 1, k) if 0 <= i < len(zs)]
+    on = [i for i in near if abs(zs[i] - z) < 1e-3]
+    return [sources[i] for i in (on or near)]
+
+def _link(ds: Dataset, ref: dict, picked: list):
+    "SourceImageSequence and the Common Instance Reference module for the source slices `picked`."
+    src, inst = [], {}
+    for cls, uid, frame, _ in picked:
+        it = Dataset(); it.ReferencedSOPClassUID, it.ReferencedSOPInstanceUID = cls, uid
+        if frame: it.ReferencedFrameNumber = frame
+        it.PurposeOfReferenceCodeSequence = [_code('121322', 'Source image for image processing operation')]
+        src.append(it)
+        inst.setdefault(uid, cls)
+    ds.SourceImageSequence = src
+    series = Dataset(); series.SeriesInstanceUID = ref['SeriesInstanceUID']
+    series.ReferencedInstanceSequence = [Dataset() for _ in inst]
+    for it, (uid, cls) in zip(series.ReferencedInstanceSequence, inst.items()):
+        it.ReferencedSOPClassUID, it.ReferencedSOPInstanceUID = cls, uid
+    if ref.get('StudyInstanceUID') == ds.StudyInstanceUID: ds.ReferencedSeriesSequence = [series]
+    else:
+        study = Dataset(); study.StudyInstanceUID, study.ReferencedSeriesSequence = ref['StudyInstanceUID'], [series]
+        ds.StudiesContainingOtherReferencedInstancesSequence = [study]
+
 def dicom_series_bytes(vol: Volume, *, reference_meta: dict | None = None, copy_patient_tags: bool = False,
                        series_description: str = 'v2v-diffusion', study_uid: str | None = None,
-                       frame_uid: str | None = None, image_type=('DERIVED', 'SECONDARY'), series_number: int = 1001,
-                       transfer_syntax: str = 'explicit', prefix: str = 'IM') -> list[tuple[str, bytes]]:
+                       frame_uid: str | None = None, image_type=('DERIVED', 'SECONDARY', 'AXIAL'), series_number: int = 1001,
+                       transfer_syntax: str = 'explicit', prefix: str = 'IM', pseudonym: str | None = None,
+                       derivation: str = DERIVATION) -> list[tuple[str, bytes]]:
     "`(file name, DICOM bytes)` for each slice of `vol`; instance 1 is the most superior slice, as scanners number them."
     if transfer_syntax not in ('explicit', 'rle'): raise ValueError(f"transfer_syntax={transfer_syntax!r}: valid are 'explicit', 'rle'")
-    ds = _base_dataset(vol, reference_meta or {}, copy_patient_tags, series_description, study_uid, frame_uid, image_type, series_number)
+    ref = reference_meta or {}
+    ds = _base_dataset(vol, ref, copy_patient_tags, series_description, study_uid, frame_uid, image_type, series_number,
+                       pseudonym, derivation)
     rle = transfer_syntax == 'rle'
     ds.file_meta.TransferSyntaxUID = RLELossless if rle else ExplicitVRLittleEndian
     stored = np.clip(np.rint(np.asarray(vol.hu, np.float32)), -32768, 32767).astype('<i2')
     pos, out, nz = vol.positions(), [], len(vol.z)
+    sources = [s for s in ref.get('sources', []) if s[1]] if ds.ImageType[0] == 'DERIVED' and ref.get('SeriesInstanceUID') else []
+    zs = np.array([s[3] for s in sources])
     kw = dict(rows=ds.Rows, columns=ds.Columns, samples_per_pixel=1, bits_allocated=16, bits_stored=16,
               pixel_representation=1, photometric_interpretation='MONOCHROME2', number_of_frames=1)
     for k in range(nz - 1, -1, -1):
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.InstanceNumber = nz - k
         ds.ImagePositionPatient, ds.SliceLocation = [_dsv(p) for p in pos[k]], _dsv(vol.z[k])
+        if sources: _link(ds, ref, _nearest_sources(sources, zs, float(vol.z[k])))
         px = np.ascontiguousarray(stored[k])
         ds.PixelData = encapsulate([RLELosslessEncoder.encode(px, encoding_plugin='pylibjpeg', **kw)]) if rle else px.tobytes()
         ds['PixelData'].VR = 'OB' if rle else 'OW'
@@ -149,7 +213,7 @@ def dicom_series_bytes(vol: Volume, *, reference_meta: dict | None = None, copy_
 # %% ../nbs/02_dicom.ipynb #c4d69a26
 def write_dicom_series(vol: Volume, out_dir, *, reference_meta: dict | None = None, copy_patient_tags: bool = False,
                        series_description: str = 'v2v-diffusion', **kwargs) -> list[Path]:
-    "Write `vol` as a DICOM series into `out_dir` (new UIDs, DERIVED\\SECONDARY); kwargs go to `dicom_series_bytes`."
+    "Write `vol` as a DICOM series into `out_dir` (linked to `reference_meta`'s series); kwargs go to `dicom_series_bytes`."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, data in dicom_series_bytes(vol, reference_meta=reference_meta, copy_patient_tags=copy_patient_tags,
@@ -433,11 +497,11 @@ def _uniform_z(hu: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 _META_TAGS = ('PatientID', 'PatientName', 'PatientBirthDate', 'PatientSex', 'PatientAge', 'AccessionNumber',
               'StudyInstanceUID', 'StudyDate', 'StudyTime', 'StudyID', 'ReferringPhysicianName', 'InstitutionName',
               'SeriesInstanceUID', 'FrameOfReferenceUID', 'Modality', 'SeriesDescription', 'SeriesNumber',
-              'Manufacturer', 'ConvolutionKernel', 'KVP', 'PatientPosition')
+              'Manufacturer', 'ConvolutionKernel', 'KVP', 'PatientPosition', 'BodyPartExamined', 'Laterality')
 
 def _series_meta(items: list, ds: Dataset, z: np.ndarray) -> dict:
     "Plain-string metadata of a series (picklable, JSON-able), with the source instances `[class, uid, frame, z]`."
-    m = {k: str(ds.get(k, '')) for k in _META_TAGS}
+    m = {k: '' if (v := ds.get(k)) is None else str(v) for k in _META_TAGS}
     m['TransferSyntaxUID'] = str(ds.file_meta.get('TransferSyntaxUID', ''))
     m['files'] = [n for n, _, _ in items]
     fr = lambda d: getattr(d, '_v2v_frame', (None, -1))[1] + 1
