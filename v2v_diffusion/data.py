@@ -121,18 +121,20 @@ def _from_cache(d: Path) -> PairedCase:
 
 # %% ../nbs/04_data.ipynb #ad87ccac
 def _cache_dir_of(ref: CaseRef, cache_dir) -> Path:
-    return Path(cache_dir) / 'volumes' / re.sub(r'[^\w.\-]', '_', ref.case_id)
+    "The case's cache folder: its id with characters unsafe in file names percent-encoded (one folder per id)."
+    safe = re.sub(r'[^\w.\-]', lambda m: ''.join(f'%{b:02X}' for b in m.group().encode()), ref.case_id)
+    return Path(cache_dir) / 'volumes' / safe
 
-def load_case(ref: CaseRef, cache_dir=None) -> PairedCase:
+def load_case(ref: CaseRef, cache_dir=None, *, tilt: str = 'resample') -> PairedCase:
     "A paired case: from the cache when it is current, else decoded from DICOM (and cached when `cache_dir`)."
     ref = CaseRef(ref.case_id, ref.category, Path(ref.path))
     if cache_dir is not None:
-        d = _cache_dir_of(ref, cache_dir); fp = _fingerprint(ref.path)
+        d = _cache_dir_of(ref, cache_dir); fp = [*_fingerprint(ref.path), tilt]
         if (d / 'meta.json').exists():
             try:
                 if json.loads((d / 'meta.json').read_text()).get('fingerprint') == fp: return _from_cache(d)
             except (OSError, ValueError, KeyError): pass
-    thick, thin = pick_thick_thin(read_dicom_tree(ref.path, dtype=np.float32 if cache_dir is None else np.int16))
+    thick, thin = pick_thick_thin(read_dicom_tree(ref.path, dtype=np.float32 if cache_dir is None else np.int16, tilt=tilt))
     case = pair_case(ref.case_id, ref.category, thick, thin)
     if cache_dir is None: return case
     _to_cache(case, d, fp)
@@ -297,7 +299,9 @@ def prepare_main(argv=None) -> dict:
     a = p.parse_args(argv)
     dc = load_config(a.config).data if a.config else DataConfig()
     s = prepare_dataset(a.root, a.cache_dir, workers=a.workers, data_cfg=dc)
-    print(s['table']); print(f"splits: " + ', '.join(f"{k} {len(v)}" for k, v in s['splits'].items()))
+    print(s['table'])
+    print("splits: " + ', '.join(f"{k} {len(v)}" for k, v in s['splits'].items()))
+    if not s['cases']: raise SystemExit(f"v2v-prepare: no usable case under {a.root} ({len(s['skipped'])} skipped; reasons above)")
     return s
 
 # %% ../nbs/04_data.ipynb #4953c2e8
