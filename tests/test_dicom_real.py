@@ -220,7 +220,8 @@ def test_default_output_carries_no_source_identity_or_free_text(tmp_path, source
     ds = pydicom.dcmread(out[0])
     assert ds.SeriesDescription == 'v2v thin from source series' and ds.PatientIdentityRemoved == 'YES'
     assert ds.DeidentificationMethodCodeSequence[0].CodeValue == '113100'
-    assert [ds[k].value or '' for k in ('PatientID', 'PatientName', 'PatientSex', 'StudyDate', 'StudyTime')] == [''] * 5
+    assert [ds[k].value or '' for k in ('PatientSex', 'StudyDate', 'StudyTime', 'AccessionNumber')] == [''] * 4
+    assert (ds.PatientID, ds.PatientName) == ('ANONYMOUS', 'ANONYMOUS')                  # a dummy value, not a pseudonym
     ps = pydicom.dcmread(write_dicom_series(src, tmp_path / 'p', reference_meta=src.meta, pseudonym='PSEUDO-7')[0])
     assert (ps.PatientID, str(ps.PatientName)) == ('PSEUDO-7', 'PSEUDO-7')
     assert not dciodvfy_errors(tmp_path / 'd')

@@ -115,7 +115,7 @@ def _identity(ds: Dataset, ref: dict, copy_patient_tags: bool, pseudonym: str | 
         return
     ds.PatientIdentityRemoved, ds.DeidentificationMethod = 'YES', _DEID_METHOD
     ds.DeidentificationMethodCodeSequence = [_code('113100', 'Basic Application Confidentiality Profile')]
-    if pseudonym: ds.PatientID = ds.PatientName = pseudonym
+    ds.PatientID = ds.PatientName = pseudonym or 'ANONYMOUS'        # PS3.15 'Z': a dummy value
 
 def _description(text: str, ref: dict, copy_patient_tags: bool) -> str:
     "SeriesDescription (64 characters at most) without the source's own free text unless patient tags are copied."
@@ -268,9 +268,9 @@ def _iter_files(source):
     if p.is_dir():
         for f in sorted(p.rglob('*')):
             if f.is_file() and _is_candidate(f.name): yield str(f), str(f.relative_to(p)), f.read_bytes()
+    elif not p.is_file(): raise DicomError(f"{p}: no such file or folder")
     elif p.suffix.lower() == '.zip': yield from iter_zip(p)
-    elif p.is_file(): yield str(p), p.name, p.read_bytes()
-    else: raise DicomError(f"{p}: no such file or folder")
+    else: yield str(p), p.name, p.read_bytes()
 
 # %% ../nbs/02_dicom.ipynb #98381b2a
 def parse_dicom(name: str, data: bytes) -> Dataset | None:

@@ -1,0 +1,46 @@
+"v2v-infer end to end on a case named after its patient: de-identified, linked, valid output; unusable input is one line, exit 2."
+import json, zipfile
+import pydicom, pytest
+import v2v_diffusion.cli as cli
+from v2v_diffusion.phantom import phantom_case, write_phantom_case
+from test_cli import save_tiny_checkpoint
+from dicom_edits import dciodvfy, sample, validator
+
+NAME = 'DOE_JOHN_MRN123456'
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('infer')
+    zp = write_phantom_case(tmp / f'{NAME}.zip', phantom_case(3, size=32, n_thin=20), NAME)
+    return tmp, save_tiny_checkpoint(tmp / 'run'), zp
+
+def test_default_output_is_de_identified_and_linked(run):
+    tmp, ckpt, zp = run
+    cli.infer_main(['--checkpoint', str(ckpt), '--input', str(zp), '--out', str(tmp / 'o'), '--steps', '1', '--overlap', '0'])
+    leaks = [p for p in (tmp / 'o').rglob('*') if p.is_file() and any(s in p.read_bytes() for s in (b'DOE_JOHN', b'PHANTOM', b'THICK 5mm'))]
+    assert leaks == []
+    assert 'input' not in json.loads((tmp / 'o' / 'summary.json').read_text())
+    files = sorted((tmp / 'o' / 'thin_dicom').glob('*.dcm'))
+    with zipfile.ZipFile(zp) as zf: src = pydicom.dcmread(zf.open(next(n for n in zf.namelist() if '/1/' in n)))
+    d = pydicom.dcmread(files[0])
+    assert d.FrameOfReferenceUID == src.FrameOfReferenceUID and d.SourceImageSequence[0].ReferencedSOPClassUID == src.SOPClassUID
+    assert d.SeriesDescription.endswith('from source series') and d.PatientIdentityRemoved == 'YES'
+    validator()
+    assert dciodvfy(sample(files))[0] == []
+
+def test_copy_patient_tags_keeps_input_in_summary(run):
+    tmp, ckpt, zp = run
+    s = cli.infer_main(['--checkpoint', str(ckpt), '--input', str(zp), '--out', str(tmp / 'k'), '--steps', '1', '--overlap', '0',
+                        '--copy-patient-tags', '--thin-spacing', '2'])
+    assert s['case'] == NAME and json.loads((tmp / 'k' / 'summary.json').read_text())['input'] == str(zp)
+    d = pydicom.dcmread(next((tmp / 'k' / 'thin_dicom').glob('*.dcm')))
+    assert d.PatientID == NAME and d.Manufacturer == 'v2v-diffusion' and 'THICK 5mm' in d.SeriesDescription
+
+def test_unusable_input_is_one_line_and_exit_2(run, tmp_path, capsys):
+    _, ckpt, _ = run
+    bad = tmp_path / 'bad.zip'
+    with zipfile.ZipFile(bad, 'w') as zf: zf.writestr('case/1/IM0001.dcm', b'not a dicom file')
+    assert cli.infer_script(['--checkpoint', str(ckpt), '--input', str(bad), '--out', str(tmp_path / 'o')]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f'v2v-infer: {bad}::case/1/IM0001.dcm: not a DICOM file')
+    assert not (tmp_path / 'o').exists()
