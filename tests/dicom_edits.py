@@ -36,7 +36,8 @@ def dciodvfy(files) -> tuple[list[str], list[str]]:
         for i, f in enumerate(files):
             p = Path(f) if not isinstance(f, bytes) else Path(d) / f'{i}.dcm'
             if isinstance(f, bytes): p.write_bytes(f)
-            lines = subprocess.run([exe, str(p)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True).stdout.splitlines()
+            run = subprocess.run([exe, str(p)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            lines = run.stdout.splitlines()
             errors += [f"{p.name}: {x}" for x in lines if x.startswith('Error')]
             warns += [f"{p.name}: {x}" for x in lines if x.startswith('Warning')]
     return errors, warns

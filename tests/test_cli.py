@@ -43,7 +43,7 @@ def test_infer_zip(setup):
     assert s['thin_shape'] == [20, 32, 32] and s['thin_spacing_mm'] == 1.0           # on the ground truth's grid
     assert set(s['metrics']) == {'nearest', 'linear', 'cubic', 'model'}
     assert len(list((tmp / 'o1' / 'thin_dicom').glob('*.dcm'))) == 20 and (tmp / 'o1' / 'thin.nii.gz').exists()
-    assert not {'case', 'input'} & set(json.loads((tmp / 'o1' / 'summary.json').read_text()))    # de-identified by default
+    assert not {'case', 'input'} & set(json.loads((tmp / 'o1' / 'summary.json').read_text()))   # de-identified
 
 def test_infer_case_of_dataset_with_spacing_and_tags(setup):
     tmp, ckpt = setup

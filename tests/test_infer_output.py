@@ -1,4 +1,4 @@
-"v2v-infer end to end on a case named after its patient: de-identified, linked, valid output; unusable input is one line, exit 2."
+"v2v-infer on a case named after its patient: de-identified, linked, valid output; unusable input: one line, exit 2."
 import json, zipfile
 import pydicom, pytest
 import v2v_diffusion.cli as cli
@@ -16,22 +16,25 @@ def run(tmp_path_factory):
 
 def test_default_output_is_de_identified_and_linked(run):
     tmp, ckpt, zp = run
-    cli.infer_main(['--checkpoint', str(ckpt), '--input', str(zp), '--out', str(tmp / 'o'), '--steps', '1', '--overlap', '0'])
-    leaks = [p for p in (tmp / 'o').rglob('*') if p.is_file() and any(s in p.read_bytes() for s in (b'DOE_JOHN', b'PHANTOM', b'THICK 5mm'))]
+    cli.infer_main(['--checkpoint', str(ckpt), '--input', str(zp), '--out', str(tmp / 'o'), '--steps', '1',
+                    '--overlap', '0'])
+    source_text = (b'DOE_JOHN', b'PHANTOM', b'THICK 5mm')
+    leaks = [p for p in (tmp / 'o').rglob('*') if p.is_file() and any(s in p.read_bytes() for s in source_text)]
     assert leaks == []
     assert 'input' not in json.loads((tmp / 'o' / 'summary.json').read_text())
     files = sorted((tmp / 'o' / 'thin_dicom').glob('*.dcm'))
     with zipfile.ZipFile(zp) as zf: src = pydicom.dcmread(zf.open(next(n for n in zf.namelist() if '/1/' in n)))
     d = pydicom.dcmread(files[0])
-    assert d.FrameOfReferenceUID == src.FrameOfReferenceUID and d.SourceImageSequence[0].ReferencedSOPClassUID == src.SOPClassUID
+    assert d.FrameOfReferenceUID == src.FrameOfReferenceUID
+    assert d.SourceImageSequence[0].ReferencedSOPClassUID == src.SOPClassUID
     assert d.SeriesDescription.endswith('from source series') and d.PatientIdentityRemoved == 'YES'
     validator()
     assert dciodvfy(sample(files))[0] == []
 
 def test_copy_patient_tags_keeps_input_in_summary(run):
     tmp, ckpt, zp = run
-    s = cli.infer_main(['--checkpoint', str(ckpt), '--input', str(zp), '--out', str(tmp / 'k'), '--steps', '1', '--overlap', '0',
-                        '--copy-patient-tags', '--thin-spacing', '2'])
+    s = cli.infer_main(['--checkpoint', str(ckpt), '--input', str(zp), '--out', str(tmp / 'k'), '--steps', '1',
+                        '--overlap', '0', '--copy-patient-tags', '--thin-spacing', '2'])
     assert s['case'] == NAME and json.loads((tmp / 'k' / 'summary.json').read_text())['input'] == str(zp)
     d = pydicom.dcmread(next((tmp / 'k' / 'thin_dicom').glob('*.dcm')))
     assert d.PatientID == NAME and d.Manufacturer == 'v2v-diffusion' and 'THICK 5mm' in d.SeriesDescription

@@ -78,7 +78,7 @@ def infer_main(argv=None) -> dict:
                             thin_z=grid, thin_spacing=spacing)
     res = inf.export_volume(thin, out, reference_meta=thick.meta, copy_patient_tags=keep_tags)
     for v in ('axial', 'coronal'): inf.montage(thick, out / f'thick_{v}.png', view=v, title=f'input (thick) {v}')
-    summary = dict(input=str(a.input), case=name) if keep_tags else {}        # input names are patient data: de-identified
+    summary = dict(input=str(a.input), case=name) if keep_tags else {}        # input names are patient data
     summary |= dict(checkpoint=str(pipe.path), thick_shape=list(thick.hu.shape), thin_shape=list(thin.hu.shape),
                     thin_spacing_mm=float(thin.spacing[0]), dicom=str(res['dicom']), nifti=str(res['nifti']),
                     seconds=round(time.time() - t0, 1))
@@ -139,7 +139,7 @@ def demo_main(argv=None) -> dict:
 
 # %% ../nbs/13_cli.ipynb #3aec4e78
 def _console(main, fails: tuple = ()):
-    "A console-script entry for `main`: runs it (on `sys.argv` by default) and returns 0; `fails` print one line, return 2."
+    "A console-script entry for `main`: runs it (on `sys.argv` by default), returns 0; `fails`: one line, return 2."
     def entry(argv=None) -> int:
         try: main(argv)
         except fails as e:

@@ -129,12 +129,13 @@ def load_case(ref: CaseRef, cache_dir=None, *, tilt: str = 'resample') -> Paired
     "A paired case: from the cache when it is current, else decoded from DICOM (and cached when `cache_dir`)."
     ref = CaseRef(ref.case_id, ref.category, Path(ref.path))
     if cache_dir is not None:
-        d = _cache_dir_of(ref, cache_dir); fp = [*_fingerprint(ref.path), tilt]
+        d, fp = _cache_dir_of(ref, cache_dir), [*_fingerprint(ref.path), tilt]
         if (d / 'meta.json').exists():
             try:
                 if json.loads((d / 'meta.json').read_text()).get('fingerprint') == fp: return _from_cache(d)
             except (OSError, ValueError, KeyError): pass
-    thick, thin = pick_thick_thin(read_dicom_tree(ref.path, dtype=np.float32 if cache_dir is None else np.int16, tilt=tilt))
+    series = read_dicom_tree(ref.path, dtype=np.float32 if cache_dir is None else np.int16, tilt=tilt)
+    thick, thin = pick_thick_thin(series)
     case = pair_case(ref.case_id, ref.category, thick, thin)
     if cache_dir is None: return case
     _to_cache(case, d, fp)
@@ -301,7 +302,8 @@ def prepare_main(argv=None) -> dict:
     s = prepare_dataset(a.root, a.cache_dir, workers=a.workers, data_cfg=dc)
     print(s['table'])
     print("splits: " + ', '.join(f"{k} {len(v)}" for k, v in s['splits'].items()))
-    if not s['cases']: raise SystemExit(f"v2v-prepare: no usable case under {a.root} ({len(s['skipped'])} skipped; reasons above)")
+    if not s['cases']:
+        raise SystemExit(f"v2v-prepare: no usable case under {a.root} ({len(s['skipped'])} skipped; reasons above)")
     return s
 
 # %% ../nbs/04_data.ipynb #4953c2e8

@@ -20,10 +20,10 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, gen
 from pydicom.valuerep import format_number_as_ds
 
 # %% auto #0
-__all__ = ['DERIVATION', 'MAX_MEMBER_BYTES', 'MAX_ARCHIVE_BYTES', 'PADDING_HU', 'MAX_STEP_RATIO', 'TILT_CHOICES', 'read_zip_case',
-           'LPS_TO_RAS', 'Volume', 'DicomError', 'DicomWarning', 'dicom_series_bytes', 'write_dicom_series', 'iter_zip',
-           'parse_dicom', 'read_datasets', 'split_frames', 'slice_hu', 'stack_series', 'group_series', 'read_series',
-           'read_dicom_tree', 'pick_thick_thin', 'nifti_affine', 'write_nifti']
+__all__ = ['PATIENT_TAGS', 'DERIVATION', 'MAX_MEMBER_BYTES', 'MAX_ARCHIVE_BYTES', 'PADDING_HU', 'MAX_STEP_RATIO', 'TILT_CHOICES',
+           'read_zip_case', 'LPS_TO_RAS', 'Volume', 'DicomError', 'DicomWarning', 'dicom_series_bytes',
+           'write_dicom_series', 'iter_zip', 'parse_dicom', 'read_datasets', 'split_frames', 'slice_hu', 'stack_series',
+           'group_series', 'read_series', 'read_dicom_tree', 'pick_thick_thin', 'nifti_affine', 'write_nifti']
 
 # %% ../nbs/02_dicom.ipynb #b45e2331
 @dataclass(eq=False)
@@ -90,12 +90,12 @@ class DicomWarning(UserWarning):
 def _warn(msg: str): warnings.warn(msg, DicomWarning, stacklevel=3)
 
 # %% ../nbs/02_dicom.ipynb #70cbadec
-_PATIENT_TAGS = ('PatientID', 'PatientName', 'PatientBirthDate', 'PatientSex', 'PatientAge', 'AccessionNumber',
+PATIENT_TAGS = ('PatientID', 'PatientName', 'PatientBirthDate', 'PatientSex', 'PatientAge', 'AccessionNumber',
                  'StudyDate', 'StudyTime', 'StudyID', 'ReferringPhysicianName', 'InstitutionName')
 _ACQUISITION_TAGS = ('KVP', 'PatientPosition', 'BodyPartExamined', 'Laterality')   # how the source was scanned
-_TYPE2 = ('PatientName', 'PatientID', 'PatientBirthDate', 'PatientSex', 'StudyDate', 'StudyTime', 'ReferringPhysicianName',
-          'StudyID', 'AccessionNumber', 'Laterality', 'PatientPosition', 'PositionReferenceIndicator', 'KVP',
-          'AcquisitionNumber')
+_TYPE2 = ('PatientName', 'PatientID', 'PatientBirthDate', 'PatientSex', 'StudyDate', 'StudyTime',
+          'ReferringPhysicianName', 'StudyID', 'AccessionNumber', 'Laterality', 'PatientPosition',
+          'PositionReferenceIndicator', 'KVP', 'AcquisitionNumber')
 DERIVATION = 'v2v-diffusion: thin slices synthesised by latent video diffusion from a thick CT series'
 _DEID_METHOD = 'PS3.15 Basic Profile; source frame of reference kept'
 
@@ -110,7 +110,7 @@ def _code(value: str, meaning: str, scheme: str = 'DCM') -> Dataset:
 def _identity(ds: Dataset, ref: dict, copy_patient_tags: bool, pseudonym: str | None):
     "Patient and study identity: copied from `ref`, or removed (PS3.15 basic profile) with an optional pseudonym."
     if copy_patient_tags:
-        for k in _PATIENT_TAGS:
+        for k in PATIENT_TAGS:
             if ref.get(k): setattr(ds, k, str(ref[k]))
         return
     ds.PatientIdentityRemoved, ds.DeidentificationMethod = 'YES', _DEID_METHOD
@@ -141,7 +141,7 @@ def _base_dataset(vol: Volume, ref: dict, copy_patient_tags, series_description,
     if ds.ImageType[0] == 'DERIVED' and derivation: ds.DerivationDescription = derivation
     for k in _ACQUISITION_TAGS:
         if ref.get(k): setattr(ds, k, str(ref[k]))
-    for k in _TYPE2:           # Laterality is absent, not empty, for a body part (unpaired ones: dciodvfy warns otherwise)
+    for k in _TYPE2:           # Laterality is absent, not empty, with a body part (dciodvfy warns otherwise)
         if k not in ds and not (k == 'Laterality' and 'BodyPartExamined' in ds): setattr(ds, k, '')
     (ny, nx), (dz, dy, dx) = vol.hu.shape[1:], vol.spacing
     ds.Rows, ds.Columns, ds.PixelSpacing = ny, nx, [_dsv(dy), _dsv(dx)]
@@ -165,26 +165,29 @@ def _link(ds: Dataset, ref: dict, picked: list):
     "SourceImageSequence and the Common Instance Reference module for the source slices `picked`."
     src, inst = [], {}
     for cls, uid, frame, _ in picked:
-        it = Dataset(); it.ReferencedSOPClassUID, it.ReferencedSOPInstanceUID = cls, uid
+        it = Dataset()
+        it.ReferencedSOPClassUID, it.ReferencedSOPInstanceUID = cls, uid
         if frame: it.ReferencedFrameNumber = frame
         it.PurposeOfReferenceCodeSequence = [_code('121322', 'Source image for image processing operation')]
         src.append(it)
         inst.setdefault(uid, cls)
     ds.SourceImageSequence = src
-    series = Dataset(); series.SeriesInstanceUID = ref['SeriesInstanceUID']
+    series = Dataset()
+    series.SeriesInstanceUID = ref['SeriesInstanceUID']
     series.ReferencedInstanceSequence = [Dataset() for _ in inst]
     for it, (uid, cls) in zip(series.ReferencedInstanceSequence, inst.items()):
         it.ReferencedSOPClassUID, it.ReferencedSOPInstanceUID = cls, uid
     if ref.get('StudyInstanceUID') == ds.StudyInstanceUID: ds.ReferencedSeriesSequence = [series]
     else:
-        study = Dataset(); study.StudyInstanceUID, study.ReferencedSeriesSequence = ref['StudyInstanceUID'], [series]
+        study = Dataset()
+        study.StudyInstanceUID, study.ReferencedSeriesSequence = ref['StudyInstanceUID'], [series]
         ds.StudiesContainingOtherReferencedInstancesSequence = [study]
 
 def dicom_series_bytes(vol: Volume, *, reference_meta: dict | None = None, copy_patient_tags: bool = False,
                        series_description: str = 'v2v-diffusion', study_uid: str | None = None,
-                       frame_uid: str | None = None, image_type=('DERIVED', 'SECONDARY', 'AXIAL'), series_number: int = 1001,
-                       transfer_syntax: str = 'explicit', prefix: str = 'IM', pseudonym: str | None = None,
-                       derivation: str = DERIVATION) -> list[tuple[str, bytes]]:
+                       frame_uid: str | None = None, image_type=('DERIVED', 'SECONDARY', 'AXIAL'),
+                       series_number: int = 1001, transfer_syntax: str = 'explicit', prefix: str = 'IM',
+                       pseudonym: str | None = None, derivation: str = DERIVATION) -> list[tuple[str, bytes]]:
     "`(file name, DICOM bytes)` for each slice of `vol`; instance 1 is the most superior slice, as scanners number them."
     if transfer_syntax not in ('explicit', 'rle'): raise ValueError(f"transfer_syntax={transfer_syntax!r}: valid are 'explicit', 'rle'")
     ref = reference_meta or {}
@@ -194,7 +197,8 @@ def dicom_series_bytes(vol: Volume, *, reference_meta: dict | None = None, copy_
     ds.file_meta.TransferSyntaxUID = RLELossless if rle else ExplicitVRLittleEndian
     stored = np.clip(np.rint(np.asarray(vol.hu, np.float32)), -32768, 32767).astype('<i2')
     pos, out, nz = vol.positions(), [], len(vol.z)
-    sources = [s for s in ref.get('sources', []) if s[1]] if ds.ImageType[0] == 'DERIVED' and ref.get('SeriesInstanceUID') else []
+    linked = ds.ImageType[0] == 'DERIVED' and ref.get('SeriesInstanceUID')
+    sources = [s for s in ref.get('sources', []) if s[1]] if linked else []
     zs = np.array([s[3] for s in sources])
     kw = dict(rows=ds.Rows, columns=ds.Columns, samples_per_pixel=1, bits_allocated=16, bits_stored=16,
               pixel_representation=1, photometric_interpretation='MONOCHROME2', number_of_frames=1)
@@ -213,7 +217,7 @@ def dicom_series_bytes(vol: Volume, *, reference_meta: dict | None = None, copy_
 # %% ../nbs/02_dicom.ipynb #c4d69a26
 def write_dicom_series(vol: Volume, out_dir, *, reference_meta: dict | None = None, copy_patient_tags: bool = False,
                        series_description: str = 'v2v-diffusion', **kwargs) -> list[Path]:
-    "Write `vol` as a DICOM series into `out_dir` (linked to `reference_meta`'s series); kwargs go to `dicom_series_bytes`."
+    "Write `vol` as a DICOM series into `out_dir` (linked to `reference_meta`'s series); kwargs: `dicom_series_bytes`."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, data in dicom_series_bytes(vol, reference_meta=reference_meta, copy_patient_tags=copy_patient_tags,
@@ -313,7 +317,8 @@ def _number(name: str, ds: Dataset, keyword: str, default: float) -> float:
     except ValueError: raise DicomError(f"{name}: unreadable {keyword} {v!r}") from None
 
 # %% ../nbs/02_dicom.ipynb #a1b042c1
-_FUNCTIONAL_GROUPS = {'ImagePositionPatient': 'PlanePositionSequence', 'ImageOrientationPatient': 'PlaneOrientationSequence',
+_FUNCTIONAL_GROUPS = {'ImagePositionPatient': 'PlanePositionSequence',
+                      'ImageOrientationPatient': 'PlaneOrientationSequence',
                       'PixelSpacing': 'PixelMeasuresSequence', 'SliceThickness': 'PixelMeasuresSequence',
                       'RescaleSlope': 'PixelValueTransformationSequence',
                       'RescaleIntercept': 'PixelValueTransformationSequence'}
@@ -326,14 +331,16 @@ class _Frames:
     def __getitem__(self, k: int) -> np.ndarray:
         if self.arr is None:
             try: a = pydicom.pixels.pixel_array(self.ds)
-            except Exception as e: raise DicomError(f"{self.name}: cannot decode pixels ({type(e).__name__}: {e})") from None
+            except Exception as e:
+                raise DicomError(f"{self.name}: cannot decode pixels ({type(e).__name__}: {e})") from None
             self.arr = a[None] if a.ndim == 2 else a
         return self.arr[k]
 
 def _group_value(groups, seq: str, keyword: str):
     "The value of `keyword` in the macro `seq` of the first functional group item that holds it, else None."
     for g in groups:
-        if g is not None and seq in g and len(g[seq].value) and keyword in g[seq].value[0]: return g[seq].value[0][keyword].value
+        if g is not None and seq in g and len(g[seq].value) and keyword in g[seq].value[0]:
+            return g[seq].value[0][keyword].value
     return None
 
 def split_frames(name: str, rel: str, ds: Dataset) -> list[tuple[str, str, Dataset]]:
@@ -361,7 +368,8 @@ PADDING_HU = -1024     # what padding pixels (PixelPaddingValue) become: air
 def _stored_pixels(name: str, ds: Dataset) -> np.ndarray:
     "The (Y,X) stored values of a single-frame image, or of one frame of an enhanced image."
     if (fr := getattr(ds, '_v2v_frame', None)) is not None: return fr[0][fr[1]]
-    if _number(name, ds, 'NumberOfFrames', 1) != 1: raise DicomError(f"{name}: multi-frame images without functional groups are not supported")
+    if _number(name, ds, 'NumberOfFrames', 1) != 1:
+        raise DicomError(f"{name}: multi-frame images without functional groups are not supported")
     rows, cols, ts = int(ds.Rows), int(ds.Columns), ds.file_meta.get('TransferSyntaxUID', ExplicitVRLittleEndian)
     signed, bits = int(ds.get('PixelRepresentation', 0)), int(ds.get('BitsAllocated', 16))
     if (not ts.is_compressed and ts.is_little_endian and bits == 16 and int(ds.get('SamplesPerPixel', 1)) == 1
@@ -375,9 +383,10 @@ def _stored_pixels(name: str, ds: Dataset) -> np.ndarray:
 def _padding(name: str, ds: Dataset) -> tuple[int, int] | None:
     "(low, high) stored values that mark padding (PixelPaddingValue .. PixelPaddingRangeLimit), or None."
     if 'PixelPaddingValue' not in ds: return None
-    try: v = [int(ds[k].value) for k in ('PixelPaddingValue', 'PixelPaddingRangeLimit') if k in ds and ds[k].value is not None]
+    keys = [k for k in ('PixelPaddingValue', 'PixelPaddingRangeLimit') if k in ds and ds[k].value is not None]
+    try: v = [int(ds[k].value) for k in keys]
     except (TypeError, ValueError) as e: raise DicomError(f"{name}: unreadable PixelPaddingValue ({e})") from None
-    if int(ds.get('PixelRepresentation', 0)): v = [x - 65536 if x >= 32768 else x for x in v]   # signed value stored as US
+    if int(ds.get('PixelRepresentation', 0)): v = [x - 65536 if x >= 32768 else x for x in v]   # signed, read as US
     return (min(v), max(v)) if v else None
 
 def slice_hu(name: str, ds: Dataset, out: np.ndarray | None = None) -> np.ndarray:
@@ -450,8 +459,8 @@ def _check_steps(names: list, z: np.ndarray, series: str) -> bool:
     for k in np.nonzero(dz > 1.5 * med + 1e-3)[0]:
         _warn(f"{names[k + 1]}: gap of {dz[k]:.2f} mm after {names[k]} (median spacing {med:.2f} mm)")
     odd = np.nonzero(_uneven(dz, med))[0]
-    if len(odd): _warn(f"{names[odd[0] + 1]}: uneven slice spacing in {series} ({len(odd)} steps of {dz.min():.2f}..{dz.max():.2f} mm "
-                       f"differ from {med:.3f} mm); resampled onto a uniform grid")
+    if len(odd): _warn(f"{names[odd[0] + 1]}: uneven slice spacing in {series} ({len(odd)} steps of "
+                       f"{dz.min():.2f}..{dz.max():.2f} mm differ from {med:.3f} mm); resampled onto a uniform grid")
     return bool(len(odd))
 
 def _check_track(names: list, z: np.ndarray, pos: np.ndarray, normal: np.ndarray, pixel: float, series: str,
@@ -464,12 +473,14 @@ def _check_track(names: list, z: np.ndarray, pos: np.ndarray, normal: np.ndarray
     off = np.linalg.norm(drift - np.outer(dz, slope), axis=1)
     if off.max() > max(2 * pixel, 1.0):
         k = int(off.argmax())
-        raise DicomError(f"{names[k]}: slice position inconsistent with the rest of {series}: {off[k]:.1f} mm off their line")
+        raise DicomError(f"{names[k]}: slice position inconsistent with the rest of {series}: "
+                         f"{off[k]:.1f} mm off their line")
     angle, shift = float(np.degrees(np.arctan(np.linalg.norm(slope)))), float(np.abs(drift).max())
     if tilt == 'refuse':
-        raise DicomError(f"{names[0]}: {series} has a gantry tilt of {angle:.1f}° (positions drift {shift:.1f} mm in-plane); "
-                         "refused (data.tilt: refuse; 'resample' de-shears it)")
-    _warn(f"{names[0]}: {series} has a gantry tilt of {angle:.1f}°; slices shifted in-plane by up to {shift:.1f} mm (de-shear)")
+        raise DicomError(f"{names[0]}: {series} has a gantry tilt of {angle:.1f}° (positions drift {shift:.1f} mm "
+                         "in-plane); refused (data.tilt: refuse; 'resample' de-shears it)")
+    _warn(f"{names[0]}: {series} has a gantry tilt of {angle:.1f}°; slices shifted in-plane by up to {shift:.1f} mm "
+          "(de-shear)")
     return drift
 
 # %% ../nbs/02_dicom.ipynb #07d1a8e8
@@ -477,7 +488,8 @@ def _deshear(hu: np.ndarray, drift: np.ndarray, orientation: np.ndarray, dy: flo
     "Each slice of `hu` moved in-plane by its drift, so that the stack lies on the orthogonal grid of the first slice."
     r, c, out = orientation[:3], orientation[3:], np.empty_like(hu)
     for k in range(len(hu)):
-        moved = ndimage.shift(hu[k].astype(np.float32), (drift[k] @ c / dy, drift[k] @ r / dx), order=1, cval=PADDING_HU)
+        by = (drift[k] @ c / dy, drift[k] @ r / dx)
+        moved = ndimage.shift(hu[k].astype(np.float32), by, order=1, cval=PADDING_HU)
         out[k] = np.rint(moved) if hu.dtype.kind == 'i' else moved
     return out
 
@@ -511,12 +523,15 @@ def _series_meta(items: list, ds: Dataset, z: np.ndarray) -> dict:
 
 def _series_name(ds: Dataset) -> str:
     "How messages name a series: number, description and UID."
-    return f"series {_text(ds, 'SeriesNumber', '?')} {_text(ds, 'SeriesDescription', '')!r} ({_text(ds, 'SeriesInstanceUID', '')})"
+    number, desc, uid = (_text(ds, k, '') for k in ('SeriesNumber', 'SeriesDescription', 'SeriesInstanceUID'))
+    return f"series {number or '?'} {desc!r} ({uid})"
 
 def _thickness(names: list, items: list, dz: float, series: str) -> float:
     "The median SliceThickness; mixed values are warned about; the spacing when the tag is missing."
     th = [_number(n, ds, 'SliceThickness', 0) for n, (_, _, ds) in zip(names, items)]
-    if not any(th): _warn(f"{names[0]}: no SliceThickness; using the spacing {dz:.2f} mm"); return dz
+    if not any(th):
+        _warn(f"{names[0]}: no SliceThickness; using the spacing {dz:.2f} mm")
+        return dz
     if len(vals := sorted({round(t, 3) for t in th if t})) > 1:
         _warn(f"{names[0]}: mixed SliceThickness in {series}: {', '.join(f'{t:g}' for t in vals)} mm; using the median")
     return float(np.median([t for t in th if t]))
