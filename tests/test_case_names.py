@@ -1,6 +1,6 @@
 "Case names survive dots and never share a cache folder; v2v-prepare fails when no case is usable, keeping reasons."
 import numpy as np, pytest
-from v2v_diffusion.data import find_cases, load_case, prepare_main, _cache_dir_of
+from v2v_diffusion.data import find_cases, load_case, load_cases, prepare_main, _cache_dir_of
 from v2v_diffusion.dicom import DicomError, Volume, write_dicom_series
 from test_dicom_real import tilted_series
 
@@ -34,6 +34,8 @@ def test_tilt_setting_reaches_the_cache(tmp_path):
         assert load_case(ref, tmp_path / 'c').thick.shape[0] == 4
     with pytest.raises(DicomError, match=r'gantry tilt of 18\.5°.*refused'):
         load_case(ref, tmp_path / 'c', tilt='refuse')       # the cached de-sheared case is not reused
+    rows, cases = load_cases([ref], tmp_path / 'c', tilt='refuse', progress=False)
+    assert cases == [] and 'gantry tilt of 18.5°' in rows[0]['error']
 
 def test_prepare_fails_when_every_case_is_skipped_and_keeps_reasons(tmp_path, capsys):
     root = tmp_path / 'root'

@@ -242,25 +242,28 @@ def make_splits(cases: list, data_cfg: DataConfig, *, path=None) -> dict[str, li
     return {k: [i for i in v if i in ids] for k, v in sp.items()}
 
 # %% ../nbs/04_data.ipynb #24cbb6b6
-def _prepare_one(ref: CaseRef, cache_dir, keep: bool = False) -> tuple[dict, PairedCase | None]:
+def _prepare_one(ref: CaseRef, cache_dir, keep: bool = False, tilt: str = 'resample') -> tuple[dict, PairedCase | None]:
     "Decode and cache one case: (a row for the summary or the reason it was skipped, the case if `keep`)."
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
-        try: c = load_case(ref, cache_dir)
+        try: c = load_case(ref, cache_dir, tilt=tilt)
         except (DicomError, OSError, ValueError) as e:
             return dict(case_id=ref.case_id, category=ref.category, path=str(ref.path), error=f"{type(e).__name__}: {e}"), None
     return dict(case_id=c.case_id, category=c.category, path=str(ref.path), thick_slices=len(c.thick.z), thin_slices=len(c.thin.z),
                 thick_mm=round(c.thick.spacing[0], 3), thin_mm=round(c.thin.spacing[0], 3), pixel_mm=round(c.thin.spacing[1], 3),
                 size=list(c.thin.hu.shape[1:]), paired_mm=round(c.z_range[1] - c.z_range[0], 1), warnings=[str(x.message) for x in w]), (c if keep else None)
 
-def load_cases(refs: list[CaseRef], cache_dir=None, *, workers: int = 0, progress: bool = True) -> tuple[list[dict], list[PairedCase]]:
-    "Decode/cache `refs` (process pool when `workers` > 1): (summary rows, loaded cases)."
+def load_cases(refs: list[CaseRef], cache_dir=None, *, workers: int = 0, progress: bool = True,
+               tilt: str = 'resample') -> tuple[list[dict], list[PairedCase]]:
+    "Decode/cache `refs` (process pool when `workers` > 1): (summary rows, loaded cases); `tilt` as `data.tilt`."
     from tqdm.auto import tqdm
     if workers > 1 and len(refs) > 1 and cache_dir is not None:
         with ProcessPoolExecutor(min(workers, len(refs)), mp_context=multiprocessing.get_context('fork')) as ex:
-            res = list(tqdm(ex.map(_prepare_one, refs, [cache_dir] * len(refs)), total=len(refs), desc='cases', disable=not progress))
-        res = [(row, load_case(r, cache_dir) if 'error' not in row else None) for r, (row, _) in zip(refs, res)]   # memory maps
-    else: res = [_prepare_one(r, cache_dir, keep=True) for r in tqdm(refs, desc='cases', disable=not progress)]
+            jobs = ex.map(_prepare_one, refs, [cache_dir] * len(refs), [False] * len(refs), [tilt] * len(refs))
+            res = list(tqdm(jobs, total=len(refs), desc='cases', disable=not progress))
+        res = [(row, None if 'error' in row else load_case(r, cache_dir, tilt=tilt))      # memory maps
+               for r, (row, _) in zip(refs, res)]
+    else: res = [_prepare_one(r, cache_dir, True, tilt) for r in tqdm(refs, desc='cases', disable=not progress)]
     return [row for row, _ in res], [c for _, c in res if c is not None]
 
 # %% ../nbs/04_data.ipynb #3c9ff237
