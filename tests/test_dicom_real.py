@@ -252,6 +252,14 @@ def test_default_output_carries_no_source_identity_or_free_text(tmp_path, source
     assert (ps.PatientID, str(ps.PatientName)) == ('PSEUDO-7', 'PSEUDO-7')
     assert not dciodvfy_errors(tmp_path / 'd')
 
+def test_source_description_cut_short_is_removed_too(tmp_path, source):
+    "inference.export_volume cuts descriptions to 64 characters before writing: a cut copy must go as well."
+    src, _ = source
+    ref = dict(src.meta, SeriesDescription='CT CHEST ABDOMEN PELVIS WITH CONTRAST 5MM DOE JOHN MRN 123456')
+    desc = f"v2v-diffusion thin 1 mm from {ref['SeriesDescription']}"[:64]
+    ds = pydicom.dcmread(write_dicom_series(src, tmp_path / 'd', reference_meta=ref, series_description=desc)[0])
+    assert ds.SeriesDescription == 'v2v-diffusion thin 1 mm from source series'
+
 def test_copy_patient_tags_copies_every_documented_tag(tmp_path, source):
     src, _ = source
     ds = pydicom.dcmread(write_dicom_series(src, tmp_path / 'c', reference_meta=src.meta, copy_patient_tags=True)[0])

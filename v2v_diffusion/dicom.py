@@ -120,8 +120,10 @@ def _identity(ds: Dataset, ref: dict, copy_patient_tags: bool, pseudonym: str | 
 def _description(text: str, ref: dict, copy_patient_tags: bool) -> str:
     "SeriesDescription (64 characters at most) without the source's own free text unless patient tags are copied."
     src = str(ref.get('SeriesDescription') or '').strip()
-    if src and not copy_patient_tags: text = re.sub(rf'(?<!\w){re.escape(src)}(?!\w)', 'source series', text)
-    return text[:64]
+    if not src or copy_patient_tags: return text[:64]
+    text = re.sub(rf'(?<!\w){re.escape(src)}(?!\w)', 'source series', text)
+    cut = next((n for n in range(len(src) - 1, 3, -1) if text.endswith(src[:n])), 0)   # a copy cut short at the end
+    return (text[:-cut] + 'source series' if cut else text)[:64]
 
 def _base_dataset(vol: Volume, ref: dict, copy_patient_tags, series_description, study_uid, frame_uid,
                   image_type, series_number, pseudonym=None, derivation=DERIVATION) -> Dataset:
