@@ -91,7 +91,7 @@ def _warn(msg: str): warnings.warn(msg, DicomWarning, stacklevel=3)
 
 # %% ../nbs/02_dicom.ipynb #70cbadec
 PATIENT_TAGS = ('PatientID', 'PatientName', 'PatientBirthDate', 'PatientSex', 'PatientAge', 'AccessionNumber',
-                 'StudyDate', 'StudyTime', 'StudyID', 'ReferringPhysicianName', 'InstitutionName')
+                'StudyDate', 'StudyTime', 'StudyID', 'ReferringPhysicianName', 'InstitutionName')
 _ACQUISITION_TAGS = ('KVP', 'PatientPosition', 'BodyPartExamined', 'Laterality')   # how the source was scanned
 _TYPE2 = ('PatientName', 'PatientID', 'PatientBirthDate', 'PatientSex', 'StudyDate', 'StudyTime',
           'ReferringPhysicianName', 'StudyID', 'AccessionNumber', 'Laterality', 'PatientPosition',
@@ -199,8 +199,8 @@ def dicom_series_bytes(vol: Volume, *, reference_meta: dict | None = None, copy_
     ds.file_meta.TransferSyntaxUID = RLELossless if rle else ExplicitVRLittleEndian
     stored = np.clip(np.rint(np.asarray(vol.hu, np.float32)), -32768, 32767).astype('<i2')
     pos, out, nz = vol.positions(), [], len(vol.z)
-    linked = ds.ImageType[0] == 'DERIVED' and ref.get('SeriesInstanceUID')
-    sources = [s for s in ref.get('sources', []) if s[1]] if linked else []
+    linked = ds.ImageType[0] == 'DERIVED' and ref.get('SeriesInstanceUID') and ref.get('StudyInstanceUID')
+    sources = sorted((s for s in ref.get('sources', []) if s[0] and s[1]), key=lambda s: s[3]) if linked else []
     zs = np.array([s[3] for s in sources])
     kw = dict(rows=ds.Rows, columns=ds.Columns, samples_per_pixel=1, bits_allocated=16, bits_stored=16,
               pixel_representation=1, photometric_interpretation='MONOCHROME2', number_of_frames=1)
