@@ -453,7 +453,8 @@ def _uneven(dz: np.ndarray, med: float) -> np.ndarray:
 def _check_steps(names: list, z: np.ndarray, series: str) -> bool:
     "Refuse steps beyond MAX_STEP_RATIO x the median (naming the file); warn about gaps; True when steps are uneven."
     if len(z) < 3: return False
-    dz = np.diff(z); med = float(np.median(dz))
+    dz = np.diff(z)
+    med = float(np.median(dz))
     for k in np.nonzero(dz > MAX_STEP_RATIO * med + 1e-3)[0]:
         who = names[-1] if k == len(dz) - 1 else names[0] if k == 0 else f"{names[k]} and {names[k + 1]}"
         raise DicomError(f"{who}: slice position inconsistent with the rest of {series}: a step of {dz[k]:.1f} mm "
