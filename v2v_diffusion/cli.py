@@ -9,8 +9,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['prepare_script', 'train_script', 'infer_script', 'eval_script', 'phantom_script', 'bench_script', 'demo_script',
-           'quality_script', 'prepare_main', 'train_main', 'phantom_main', 'bench_main', 'infer_parser', 'infer_main',
-           'eval_parser', 'eval_main', 'demo_main', 'quality_main']
+           'quality_script', 'prepare_main', 'train_main', 'phantom_main', 'bench_main', 'infer_parser', 'InputError',
+           'infer_main', 'eval_parser', 'eval_main', 'demo_main', 'quality_main']
 
 # %% ../nbs/13_cli.ipynb #097f8854
 def _delegate(module: str, name: str, argv, prog: str):
@@ -59,26 +59,31 @@ def _device(name: str) -> str:
     return ('cuda' if torch.cuda.is_available() else 'cpu') if name == 'auto' else name
 
 # %% ../nbs/13_cli.ipynb #a6a42b2b
+class InputError(ValueError):
+    "An input `v2v-infer` cannot use; its console script prints this one line and exits 2."
+
 def infer_main(argv=None) -> dict:
     "`v2v-infer`: a thick series to a thin DICOM series, NIfTI file and PNG montages."
     a = infer_parser().parse_args(argv)
     from v2v_diffusion.checkpoint import load_pipeline
     from v2v_diffusion import inference as inf
     t0, out = time.time(), Path(a.out)
+    try: thick, truth, name = inf.read_input(a.input, a.case, cache_dir=None)
+    except (ValueError, OSError) as e: raise InputError(f"v2v-infer: {e}") from None
     pipe = load_pipeline(a.checkpoint, map_location=_device(a.device), use_ema=not a.no_ema)
     if pipe.unet is None: raise SystemExit(f"v2v-infer: {pipe.path} is a VAE-stage checkpoint; give a diffusion checkpoint or run folder")
-    thick, truth, name = inf.read_input(a.input, a.case, cache_dir=None)
+    keep_tags = a.copy_patient_tags or pipe.cfg.infer.copy_patient_tags
     spacing = a.thin_spacing or (float(truth.spacing[0]) if truth is not None else 1.0)
     grid = truth.z if truth is not None and not a.thin_spacing else None
     post = inf.infer_posterior(pipe, thick, num_samples=a.samples, steps=a.steps, eta=a.eta, seed=a.seed, overlap=a.overlap,
                                batch_size=a.batch_size, thin_z=grid, thin_spacing=spacing)
     thin = post.mean
-    res = inf.export_posterior(post, out, reference_meta=thick.meta,
-                               copy_patient_tags=a.copy_patient_tags or pipe.cfg.infer.copy_patient_tags)
+    res = inf.export_posterior(post, out, reference_meta=thick.meta, copy_patient_tags=keep_tags)
     for v in ('axial', 'coronal'): inf.montage(thick, out / f'thick_{v}.png', view=v, title=f'input (thick) {v}')
-    summary = dict(input=str(a.input), case=name, checkpoint=str(pipe.path), thick_shape=list(thick.hu.shape), thin_shape=list(thin.hu.shape),
-                   thin_spacing_mm=float(thin.spacing[0]), dicom=str(res['dicom']), nifti=str(res['nifti']), std=str(res['std']),
-                   samples=post.num_samples, seconds=round(time.time() - t0, 1))
+    summary = dict(input=str(a.input), case=name) if keep_tags else {}        # input names are patient data
+    summary |= dict(checkpoint=str(pipe.path), thick_shape=list(thick.hu.shape), thin_shape=list(thin.hu.shape),
+                    thin_spacing_mm=float(thin.spacing[0]), dicom=str(res['dicom']), nifti=str(res['nifti']), std=str(res['std']),
+                    samples=post.num_samples, seconds=round(time.time() - t0, 1))
     if truth is not None and grid is not None: summary['metrics'] = _quick_metrics(pipe, thick, truth, thin)
     (out / 'summary.json').write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
@@ -161,10 +166,13 @@ def quality_main(argv=None) -> dict:
     return run_quality(a.out, a.doc, a.demo_dir)
 
 # %% ../nbs/13_cli.ipynb #3aec4e78
-def _console(main):
-    "A console-script entry for `main`: runs it (on `sys.argv` by default) and returns 0, unless `main` exits itself."
+def _console(main, fails: tuple = ()):
+    "A console-script entry for `main`: runs it (on `sys.argv` by default), returns 0; `fails`: one line, return 2."
     def entry(argv=None) -> int:
-        main(argv)
+        try: main(argv)
+        except fails as e:
+            print(e, file=sys.stderr)
+            return 2
         return 0
     entry.__name__ = entry.__qualname__ = main.__name__.replace('_main', '_script')
     entry.__doc__ = f"Console script of `{main.__name__}`: {main.__doc__}"
@@ -172,3 +180,4 @@ def _console(main):
 
 prepare_script, train_script, infer_script, eval_script, phantom_script, bench_script, demo_script, quality_script = map(
     _console, (prepare_main, train_main, infer_main, eval_main, phantom_main, bench_main, demo_main, quality_main))
+infer_script = _console(infer_main, (InputError,))

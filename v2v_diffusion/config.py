@@ -26,6 +26,7 @@ class DataConfig:
     window_center: float = 200.0        # HU
     window_width: float = 1800.0        # HU; maps center ± width/2 to [-1, 1]
     thick_mode: str = 'native'          # 'native': thick slices of the same z-span; 'resampled': thick on the thin grid
+    tilt: str = 'resample'              # gantry-tilted series: 'resample' de-shears them, 'refuse' rejects them
     val_frac: float = 0.15
     test_frac: float = 0.10
     split_seed: int = 42
@@ -178,6 +179,7 @@ def _section_from_dict(cls, d: dict, prefix: str):
 
 # %% ../nbs/00_config.ipynb #edac1c62
 _CHOICES = {'data.thick_mode': ('native', 'resampled'), 'diffusion.schedule': ('cosine', 'linear'),
+            'data.tilt': ('resample', 'refuse'),
             'diffusion.prediction': ('eps', 'v'), 'train.stage': ('vae', 'diffusion', 'regression', 'both', 'all'),
             'train.precision': ('fp32', 'fp16', 'bf16'), 'train.recon_loss': ('l1', 'mse'),
             'formulation.condition': ('base', 'thick'), 'formulation.target': ('residual', 'thin'),

@@ -122,18 +122,21 @@ def _from_cache(d: Path) -> PairedCase:
 
 # %% ../nbs/04_data.ipynb #ad87ccac
 def _cache_dir_of(ref: CaseRef, cache_dir) -> Path:
-    return Path(cache_dir) / 'volumes' / re.sub(r'[^\w.\-]', '_', ref.case_id)
+    "The case's cache folder: its id with characters unsafe in file names percent-encoded (one folder per id)."
+    safe = re.sub(r'[^\w.\-]', lambda m: ''.join(f'%{b:02X}' for b in m.group().encode()), ref.case_id)
+    return Path(cache_dir) / 'volumes' / safe
 
-def load_case(ref: CaseRef, cache_dir=None) -> PairedCase:
+def load_case(ref: CaseRef, cache_dir=None, *, tilt: str = 'resample') -> PairedCase:
     "A paired case: from the cache when it is current, else decoded from DICOM (and cached when `cache_dir`)."
     ref = CaseRef(ref.case_id, ref.category, Path(ref.path))
     if cache_dir is not None:
-        d = _cache_dir_of(ref, cache_dir); fp = _fingerprint(ref.path)
+        d, fp = _cache_dir_of(ref, cache_dir), [*_fingerprint(ref.path), tilt]
         if (d / 'meta.json').exists():
             try:
                 if json.loads((d / 'meta.json').read_text()).get('fingerprint') == fp: return _from_cache(d)
             except (OSError, ValueError, KeyError): pass
-    thick, thin = pick_thick_thin(read_dicom_tree(ref.path, dtype=np.float32 if cache_dir is None else np.int16))
+    series = read_dicom_tree(ref.path, dtype=np.float32 if cache_dir is None else np.int16, tilt=tilt)
+    thick, thin = pick_thick_thin(series)
     case = pair_case(ref.case_id, ref.category, thick, thin)
     if cache_dir is None: return case
     _to_cache(case, d, fp)
@@ -264,25 +267,28 @@ def make_splits(cases: list, data_cfg: DataConfig, *, path=None) -> dict[str, li
     return {k: [i for i in v if i in ids] for k, v in sp.items()}
 
 # %% ../nbs/04_data.ipynb #24cbb6b6
-def _prepare_one(ref: CaseRef, cache_dir, keep: bool = False) -> tuple[dict, PairedCase | None]:
+def _prepare_one(ref: CaseRef, cache_dir, keep: bool = False, tilt: str = 'resample') -> tuple[dict, PairedCase | None]:
     "Decode and cache one case: (a row for the summary or the reason it was skipped, the case if `keep`)."
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
-        try: c = load_case(ref, cache_dir)
+        try: c = load_case(ref, cache_dir, tilt=tilt)
         except (DicomError, OSError, ValueError) as e:
             return dict(case_id=ref.case_id, category=ref.category, path=str(ref.path), error=f"{type(e).__name__}: {e}"), None
     return dict(case_id=c.case_id, category=c.category, path=str(ref.path), thick_slices=len(c.thick.z), thin_slices=len(c.thin.z),
                 thick_mm=round(c.thick.spacing[0], 3), thin_mm=round(c.thin.spacing[0], 3), pixel_mm=round(c.thin.spacing[1], 3),
                 size=list(c.thin.hu.shape[1:]), paired_mm=round(c.z_range[1] - c.z_range[0], 1), warnings=[str(x.message) for x in w]), (c if keep else None)
 
-def load_cases(refs: list[CaseRef], cache_dir=None, *, workers: int = 0, progress: bool = True) -> tuple[list[dict], list[PairedCase]]:
-    "Decode/cache `refs` (process pool when `workers` > 1): (summary rows, loaded cases)."
+def load_cases(refs: list[CaseRef], cache_dir=None, *, workers: int = 0, progress: bool = True,
+               tilt: str = 'resample') -> tuple[list[dict], list[PairedCase]]:
+    "Decode/cache `refs` (process pool when `workers` > 1): (summary rows, loaded cases); `tilt` as `data.tilt`."
     from tqdm.auto import tqdm
     if workers > 1 and len(refs) > 1 and cache_dir is not None:
         with ProcessPoolExecutor(min(workers, len(refs)), mp_context=multiprocessing.get_context('fork')) as ex:
-            res = list(tqdm(ex.map(_prepare_one, refs, [cache_dir] * len(refs)), total=len(refs), desc='cases', disable=not progress))
-        res = [(row, load_case(r, cache_dir) if 'error' not in row else None) for r, (row, _) in zip(refs, res)]   # memory maps
-    else: res = [_prepare_one(r, cache_dir, keep=True) for r in tqdm(refs, desc='cases', disable=not progress)]
+            jobs = ex.map(_prepare_one, refs, [cache_dir] * len(refs), [False] * len(refs), [tilt] * len(refs))
+            res = list(tqdm(jobs, total=len(refs), desc='cases', disable=not progress))
+        res = [(row, None if 'error' in row else load_case(r, cache_dir, tilt=tilt))      # memory maps
+               for r, (row, _) in zip(refs, res)]
+    else: res = [_prepare_one(r, cache_dir, True, tilt) for r in tqdm(refs, desc='cases', disable=not progress)]
     return [row for row, _ in res], [c for _, c in res if c is not None]
 
 # %% ../nbs/04_data.ipynb #3c9ff237
@@ -322,7 +328,10 @@ def prepare_main(argv=None) -> dict:
     a = p.parse_args(argv)
     dc = load_config(a.config).data if a.config else DataConfig()
     s = prepare_dataset(a.root, a.cache_dir, workers=a.workers, data_cfg=dc)
-    print(s['table']); print(f"splits: " + ', '.join(f"{k} {len(v)}" for k, v in s['splits'].items()))
+    print(s['table'])
+    print("splits: " + ', '.join(f"{k} {len(v)}" for k, v in s['splits'].items()))
+    if not s['cases']:
+        raise SystemExit(f"v2v-prepare: no usable case under {a.root} ({len(s['skipped'])} skipped; reasons above)")
     return s
 
 # %% ../nbs/04_data.ipynb #4953c2e8

@@ -182,7 +182,7 @@ def _thin_volume(thick: Volume, hu: np.ndarray, z: np.ndarray, what: str = 'mean
     dz = float(np.median(np.diff(z))) if len(z) > 1 else float(thick.spacing[0])
     origin = np.asarray(thick.origin, float) + (z[0] - thick.z[0]) * thick.normal
     meta = {k: v for k, v in thick.meta.items() if k != 'files'}
-    meta['SeriesDescription'] = f"v2v-diffusion thin {dz:g} mm ({what})"
+    meta['SeriesDescription'] = f"v2v-diffusion thin {dz:g} mm {what} from {thick.meta.get('SeriesDescription', 'thick')}".strip()
     return Volume(np.asarray(hu, np.float32), np.asarray(z, np.float64), (dz, *thick.spacing[1:]), origin,
                   np.asarray(thick.orientation, float), dz, meta)
 
