@@ -1,12 +1,12 @@
 """Issue 15: runs that never lose, mix or silently corrupt work — run identity, checksummed checkpoints with
 fallback, non-finite training, one writer per folder, atomic metrics — on the tiny preset (seconds each)."""
-import json, subprocess, sys
+import json, os, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
 import v2v_diffusion.train as tr
 from v2v_diffusion.checkpoint import (CheckpointError, NonFiniteError, RunError, current_run_id, list_checkpoints,
-                                      load_checkpoint, nonfinite_tensors)
+                                      load_checkpoint, nonfinite_tensors, read_checksum)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,3 +104,70 @@ def test_second_training_in_one_folder_is_refused(tmp_path, cache_dir):
     finally:
         p.communicate('')
     assert tr.train(cfg_for(out, cache_dir, vae_steps=1))['vae']['steps'] == 1     # free again once it is gone
+
+
+def _valid_steps(ckdir: Path, run_id: str) -> list[int]:
+    "Steps of the checkpoints in `ckdir` that pass their checksum and load, of run `run_id`."
+    out = []
+    for p in list_checkpoints(ckdir):
+        try: ck = load_checkpoint(p, mmap=True)
+        except CheckpointError: continue
+        assert ck['run_id'] in (None, run_id) and not nonfinite_tensors(ck['models'])
+        out.append(ck['step'])
+    return out
+
+
+def _is_valid(p: Path) -> bool:
+    try: load_checkpoint(p, mmap=True)
+    except CheckpointError: return False
+    return True
+
+
+def _damage(p: Path, rng):
+    "Flip one random byte of `p`, or cut it at a random length."
+    raw = bytearray(p.read_bytes())
+    if rng.random() < 0.5: raw[rng.randrange(len(raw))] ^= 1 << rng.randrange(8)
+    else: raw = raw[:rng.randrange(len(raw))]
+    p.write_bytes(bytes(raw))
+
+
+@pytest.mark.slow
+def test_fault_injection_kills_and_corruption(tmp_path):
+    """kill -9 at random moments, random damage to checkpoints: resume always takes the newest valid checkpoint of the
+    run, the final weights equal a straight run's, the metrics have every step once, and nothing non-finite is saved."""
+    import random, re, time
+    rng, cache, steps = random.Random(15), tmp_path / 'cache', 12
+    def cmd(out):
+        sets = [f'data.cache_dir={cache}', 'data.batch_size=1', f'train.vae_max_steps={steps}', 'train.checkpoint_every=1',
+                'train.validate_every=4', 'train.log_every=1', 'train.val_clips=1', 'train.keep_last=3']
+        return [sys.executable, '-c', 'from v2v_diffusion.train import train_main; train_main()', '--preset', 'tiny',
+                '--data-root', str(ROOT / 'data_samples'), '--output-dir', str(out), '--stage', 'vae',
+                *[a for s in sets for a in ('--set', s)]]
+    assert subprocess.run(cmd(tmp_path / 'straight'), capture_output=True).returncode == 0
+    straight = load_checkpoint(tmp_path / 'straight' / 'checkpoints' / 'checkpoint_last_vae_tiny.pt')
+    out, run_id, kills, resumed = tmp_path / 'run', None, 0, []
+    for attempt in range(40):
+        expected = max(_valid_steps(out / 'checkpoints', run_id), default=None) if run_id else None
+        p = subprocess.Popen(cmd(out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+        if attempt < 25:
+            time.sleep(rng.uniform(2.0, 9.0))
+            if p.poll() is None:
+                p.kill()
+                kills += 1
+        log = p.communicate()[0]
+        run_id = run_id or current_run_id(out)
+        assert current_run_id(out) == run_id                                   # one run all along
+        m = re.search(r'vae: resuming at step (\d+)', log)
+        if m or re.search(r'vae: +\d+%', log):                               # it got as far as choosing a checkpoint
+            assert (int(m[1]) if m else None) == expected, (expected, log[-2000:])
+            resumed.append(expected)
+        if p.returncode == 0: break
+        valid = [q for q in list_checkpoints(out / 'checkpoints') if _is_valid(q) and read_checksum(q)]
+        if len(valid) >= 2 and rng.random() < 0.6: _damage(rng.choice(valid), rng)
+    print(f'{kills} kills; resumed at steps {resumed}')
+    assert p.returncode == 0 and kills >= 10, (p.returncode, kills, resumed)
+    final = load_checkpoint(out / 'checkpoints' / 'checkpoint_last_vae_tiny.pt')
+    assert same_weights(straight, final) and final['run_id'] == run_id
+    assert [r['step'] for r in tr.read_metrics(out) if r['kind'] == 'train'] == list(range(1, steps + 1))
+    _valid_steps(out / 'checkpoints', run_id)

@@ -556,7 +556,7 @@ def trim_metrics(out, stage: str, step: int) -> int:
     return len(lines) - len(keep)
 
 def checked_resume(name: str, ckpt: dict | None, cfg: Config) -> dict | None:
-    "`ckpt` if stage `name` may resume from it (`RunError` if not); on rank 0, metrics after its step are dropped."
+    "`ckpt` if stage `name` may resume from it (`RunError` if not); on rank 0, metrics after its step (or all) are dropped."
     t, suffix = cfg.train, stage_suffix(name, cfg.train.suffix)
     if ckpt is None and t.resume == 'none' and list_checkpoints(Path(t.output_dir) / 'checkpoints', suffix):
         raise RunError(f"{t.output_dir}: train.resume=none, but the folder has {name} checkpoints: two trainings would "
@@ -565,7 +565,7 @@ def checked_resume(name: str, ckpt: dict | None, cfg: Config) -> dict | None:
     if ckpt is not None and budget is not None and ckpt['step'] > budget:
         raise RunError(f"{t.output_dir}: the {name} checkpoint is at step {ckpt['step']}, past "
                        f"train.{_STEP_BUDGET[name]}={budget}: it is another training; use another output folder or --force-new")
-    if ckpt is not None and int(os.environ.get('RANK', 0)) == 0: trim_metrics(t.output_dir, name, ckpt['step'])
+    if int(os.environ.get('RANK', 0)) == 0: trim_metrics(t.output_dir, name, ckpt['step'] if ckpt else 0)
     return ckpt
 
 # %% ../nbs/10_train.ipynb #ffdf726e
