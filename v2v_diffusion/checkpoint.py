@@ -353,17 +353,17 @@ def open_run(out, cfg: Config, *, force_new: bool = False) -> str:
 
 # %% ../nbs/09_checkpoint.ipynb #e071c726
 @contextlib.contextmanager
-def folder_lock(folder, what: str, *, wait: float = 0, active: bool = True):
-    "Hold a `filelock` on `folder/.lock` inside the block; when another process holds it, `RunError` after `wait` s."
+def folder_lock(folder, what: str, *, wait: float = 0, active: bool = True, name: str = LOCK_NAME, label=None):
+    "Hold a `filelock` on `folder/name` inside the block; when another process holds it, `RunError` after `wait` s."
     if not active:
         yield None
         return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(folder / LOCK_NAME, is_singleton=True)
+    lock = FileLock(folder / name, is_singleton=True)
     try: lock.acquire(timeout=wait)
     except Timeout:
-        raise RunError(f"{folder} is in use by another {what} (lock file {folder / LOCK_NAME}): "
+        raise RunError(f"{label or folder} is in use by another {what} (lock file {folder / name}): "
                        "wait for it to finish, or use another folder") from None
     try: yield lock
     finally: lock.release()
