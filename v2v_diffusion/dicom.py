@@ -224,10 +224,11 @@ def check_folder_size(folder: Path, files: list[Path]):
 # %% ../nbs/02_dicom.ipynb #442eb17c
 _DEFLATED = '1.2.840.10008.1.2.1.99'
 
-def _has_sop_class(ds: Dataset) -> bool:
-    "Whether a dataset names its SOP class (in the dataset or its file meta): a real DICOM object does."
+def _not_an_image(ds: Dataset) -> bool:
+    "Whether a dataset without pixel data is a whole non-image object (a DICOMDIR, a report) rather than a cut image."
     meta = getattr(ds, 'file_meta', None)
-    return bool(ds.get('SOPClassUID', '') or (meta is not None and meta.get('MediaStorageSOPClassUID', '')))
+    sop = str(ds.get('SOPClassUID', '') or (meta.get('MediaStorageSOPClassUID', '') if meta is not None else ''))
+    return sop == '1.2.840.10008.1.3.10' or bool(sop and str(ds.get('Modality', '') or '') not in ('', 'CT'))
 
 def check_deflated_size(name: str, data: bytes):
     "For a Deflated-transfer-syntax file, inflate with a bound first: `DicomError` if it grows past `MAX_MEMBER_BYTES`."
@@ -252,8 +253,8 @@ def parse_dicom(name: str, data: bytes) -> Dataset | None:
     except Exception as e: raise DicomError(f"{name}: unreadable DICOM ({type(e).__name__}: {e})") from None
     if 'PixelData' not in ds:
         if 'Rows' in ds or len(ds) == 0: raise DicomError(f"{name}: image without pixel data (truncated file?)")
-        if not _has_sop_class(ds): raise DicomError(f"{name}: no pixel data and no SOP class (a corrupt file?)")
-        if ds.get('SOPClassUID', '') != '1.2.840.10008.1.3.10': _warn(f"{name}: no pixel data ({ds.get('Modality', '?')}), skipped")
+        if _not_an_image(ds): _warn(f"{name}: no pixel data ({ds.get('Modality', '?')}), skipped")
+        else: raise DicomError(f"{name}: no pixel data ({ds.get('Modality', '') or 'no Modality'}): a truncated or corrupt file?")
         return None
     return ds
 
