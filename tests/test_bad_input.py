@@ -79,7 +79,7 @@ def test_silent_corruption_is_an_error_naming_the_file(tmp_path, src):
              'slope_huge': (_with(m, k, RescaleSlope='1e30'), 'outside ±1e6 HU'),
              'slope_zero': (_with(m, k, RescaleSlope='0'), 'RescaleSlope is 0'),
              'longer': (m[:k] + [(m[k][0], buf.getvalue())] + m[k + 1:], 'bytes of pixel data for Rows x Columns'),
-             'cut': (m[:k] + [(m[k][0], m[k][1][:500])] + m[k + 1:], 'no pixel data (no Modality): a truncated or corrupt'),
+             'cut': (m[:k] + [(m[k][0], m[k][1][:500])] + m[k + 1:], 'no pixel data (no Modality): truncated'),
              'rows0': (_with(m, k, Rows=0), 'Rows x Columns = 0 x'),
              'spacing0': (_with(m, k, PixelSpacing=[0, 0]), 'PixelSpacing [0.0, 0.0] must be > 0')}
     for name, (members, _) in cases.items(): make_zip(tmp_path / 'data' / 'APE' / f'{name}.zip', members)
@@ -117,7 +117,8 @@ def test_one_prepare_per_cache_and_atomic_files(tmp_path, src, monkeypatch):
     p = subprocess.Popen([sys.executable, '-c', code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == 'locked'
-        with pytest.raises(RunError, match='is in use by another'): prepare_dataset(ROOT, cache, workers=0, progress=False)
+        with pytest.raises(RunError, match='is in use by another'):
+            prepare_dataset(ROOT, cache, workers=0, progress=False)
     finally:
         p.communicate('')
     sp = make_splits(find_cases(ROOT), DataConfig(cache_dir=str(cache)))

@@ -75,13 +75,14 @@ def test_copies_are_independent_and_checked(tmp_path):
     save_checkpoint(_ckpt(1, m, opt, scaler), tmp_path, suffix='tiny', keep_last=3)
     paths = save_checkpoint(_ckpt(2, m, opt, scaler), tmp_path, suffix='tiny', keep_last=3, is_best=True)
     assert len({p.stat().st_ino for p in paths.values()}) == 3
-    raw = bytearray(paths['last'].read_bytes()); raw[len(raw) // 2] ^= 0x01        # one flipped bit inside the weights
+    raw = bytearray(paths['last'].read_bytes())
+    raw[len(raw) // 2] ^= 0x01                                          # one flipped bit inside the weights
     paths['last'].write_bytes(bytes(raw))
     with pytest.raises(CheckpointError, match='checkpoint_last_tiny.pt: sha256 differs'): load_checkpoint(paths['last'])
     assert load_checkpoint(paths['step'])['step'] == 2 and load_checkpoint(paths['best'])['step'] == 2
     with pytest.warns(UserWarning, match='checkpoint_last_tiny.pt.*falling back'):
         assert resolve_resume('auto', tmp_path, 'tiny') in (paths['step'], paths['best'])
-    paths['step'].write_bytes(paths['step'].read_bytes()[:-10])                  # truncated: size differs from the sidecar
+    paths['step'].write_bytes(paths['step'].read_bytes()[:-10])             # truncated: size differs from the sidecar
     with pytest.raises(CheckpointError, match='truncated'): load_checkpoint(paths['step'])
     for p in tmp_path.glob('*.pt'): p.write_bytes(b'x' * 10)
     with pytest.warns(UserWarning), pytest.raises(CheckpointError, match='none of the 4 checkpoint'):
@@ -91,8 +92,9 @@ def test_copies_are_independent_and_checked(tmp_path):
 def test_resume_keeps_to_its_own_run(tmp_path):
     "Issue 15.1: a run id in every checkpoint; auto-resume and pruning only look at the run's own files."
     m, opt, scaler = _trained(1)
-    for step in (10, 20, 30): save_checkpoint(_ckpt(step, m, opt, scaler) | {'run_id': 'old'}, tmp_path, suffix='tiny', keep_last=1)
-    for step in (4, 8, 12): save_checkpoint(_ckpt(step, m, opt, scaler) | {'run_id': 'new'}, tmp_path, suffix='tiny', keep_last=1)
+    for run, steps in (('old', (10, 20, 30)), ('new', (4, 8, 12))):
+        for step in steps:
+            save_checkpoint(_ckpt(step, m, opt, scaler) | {'run_id': run}, tmp_path, suffix='tiny', keep_last=1)
     steps = sorted(p.name for p in list_checkpoints(tmp_path, 'tiny', 'step'))
     assert steps == ['checkpoint_step_12_tiny.pt', 'checkpoint_step_30_tiny.pt']    # the new run's step 12 survived
     assert load_checkpoint(resolve_resume('auto', tmp_path, 'tiny', run_id='new'))['step'] == 12
@@ -104,9 +106,11 @@ def test_open_run_refuses_another_config(tmp_path):
     out = tmp_path / 'run'
     rid = open_run(out, get_config('tiny'))
     assert open_run(out, get_config('tiny', ['train.max_steps=40', 'train.resume=auto'])) == rid
-    with pytest.raises(RunError, match='different config.*train.lr'): open_run(out, get_config('tiny', ['train.lr=0.01']))
+    with pytest.raises(RunError, match='different config.*train.lr'):
+        open_run(out, get_config('tiny', ['train.lr=0.01']))
     (out / 'metrics.jsonl').write_text('{}\n')
-    with pytest.warns(UserWarning, match='moved'): new = open_run(out, get_config('tiny', ['train.lr=0.01']), force_new=True)
+    with pytest.warns(UserWarning, match='moved'):
+        new = open_run(out, get_config('tiny', ['train.lr=0.01']), force_new=True)
     assert new != rid and (out / 'previous' / rid / 'metrics.jsonl').is_file() and not (out / 'metrics.jsonl').exists()
 
 

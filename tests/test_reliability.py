@@ -18,8 +18,9 @@ def cache_dir(tmp_path_factory):
 
 def cfg_for(out, cache, vae_steps=4, **train):
     "A stage-1-only tiny run: a checkpoint every 2 steps, a metrics line every step."
-    sets = [f'data.cache_dir={cache}', 'data.batch_size=1', f'train.vae_max_steps={vae_steps}', 'train.checkpoint_every=2',
-            'train.validate_every=100', 'train.log_every=1', 'train.val_clips=1', 'train.keep_last=2']
+    sets = [f'data.cache_dir={cache}', 'data.batch_size=1', f'train.vae_max_steps={vae_steps}',
+            'train.checkpoint_every=2', 'train.validate_every=100', 'train.log_every=1', 'train.val_clips=1',
+            'train.keep_last=2']
     sets += [f'train.{k}={v}' for k, v in train.items()]
     return tr.make_config('tiny', sets, data_root=ROOT / 'data_samples', output_dir=out, stage='vae')
 
@@ -62,14 +63,16 @@ def test_used_folder_keeps_to_its_run(tmp_path, cache_dir):
 
 
 def test_corrupted_checkpoint_falls_back_and_metrics_do_not_repeat(tmp_path, cache_dir, monkeypatch):
-    "Items 2 and 5: a flipped byte in `last` is caught; resume continues from the step file, exactly; no repeated steps."
+    "Items 2 and 5: a flipped byte in `last` is caught; resume goes on from the step file, exactly; no repeated steps."
     straight = load_checkpoint(tr.train(cfg_for(tmp_path / 'straight', cache_dir))['vae']['checkpoints']['last'])
     out = tmp_path / 'run'
     crash_at(monkeypatch, 4)                         # steps 1-3 done and logged, checkpoint at step 2
     with pytest.raises(SimulatedKill): tr.train(cfg_for(out, cache_dir))
     monkeypatch.undo()
     last = out / 'checkpoints' / 'checkpoint_last_vae_tiny.pt'
-    raw = bytearray(last.read_bytes()); raw[len(raw) // 2] ^= 0x10; last.write_bytes(bytes(raw))
+    raw = bytearray(last.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    last.write_bytes(bytes(raw))
     with pytest.warns(UserWarning, match='checkpoint_last_vae_tiny.pt: sha256 differs.*falling back'):
         s = tr.train(cfg_for(out, cache_dir))
     assert s['vae']['steps'] == 4 and same_weights(straight, load_checkpoint(s['vae']['checkpoints']['last']))
@@ -138,8 +141,9 @@ def test_fault_injection_kills_and_corruption(tmp_path):
     import random, re, time
     rng, cache, steps = random.Random(15), tmp_path / 'cache', 12
     def cmd(out):
-        sets = [f'data.cache_dir={cache}', 'data.batch_size=1', f'train.vae_max_steps={steps}', 'train.checkpoint_every=1',
-                'train.validate_every=4', 'train.log_every=1', 'train.val_clips=1', 'train.keep_last=3']
+        sets = [f'data.cache_dir={cache}', 'data.batch_size=1', f'train.vae_max_steps={steps}',
+                'train.checkpoint_every=1', 'train.validate_every=4', 'train.log_every=1', 'train.val_clips=1',
+                'train.keep_last=3']
         return [sys.executable, '-c', 'from v2v_diffusion.train import train_main; train_main()', '--preset', 'tiny',
                 '--data-root', str(ROOT / 'data_samples'), '--output-dir', str(out), '--stage', 'vae',
                 *[a for s in sets for a in ('--set', s)]]

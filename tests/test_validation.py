@@ -57,7 +57,8 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path, capsys):
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and msg in err and err.startswith('v2v-train: error: '), (args, err)
     code = 'import sys; from v2v_diffusion.cli import train_script; sys.exit(train_script())'
-    r = subprocess.run([sys.executable, '-c', code, '--preset', 'tiny', '--set', 'train.nope=1'], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, '-c', code, '--preset', 'tiny', '--set', 'train.nope=1'],
+                       capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         'v2v-train: error: unknown key config.train.nope (valid: ' + r.stderr.split('(valid: ')[1].strip()], r.stderr
     r = subprocess.run([sys.executable, '-c', code, '--preset', 'tiny', '--set', 'train.nope=1', '--debug'],
@@ -88,12 +89,13 @@ def test_infer_checks_device_and_out_first_and_never_mixes(tiny_setup, capsys, m
     monkeypatch.undo()
     cli.infer_main(base + ['--input', str(tmp / 'a.zip'), '--out', str(tmp / 'o')])
     assert len(list((tmp / 'o' / 'thin_dicom').glob('*.dcm'))) == 20
-    cli.infer_main(base + ['--input', str(tmp / 'b.zip'), '--out', str(tmp / 'o')])      # a shorter series: no leftovers
+    cli.infer_main(base + ['--input', str(tmp / 'b.zip'), '--out', str(tmp / 'o')])     # a shorter series: no leftovers
     assert len(list((tmp / 'o' / 'thin_dicom').glob('*.dcm'))) == 10
     assert json.loads((tmp / 'o' / 'summary.json').read_text())['case'] == 'b'
     assert [p.name for p in tmp.glob('.o.*')] == ['.o.lock']
     code = ("import sys\nfrom v2v_diffusion.checkpoint import folder_lock\n"
-            f"with folder_lock({str(tmp)!r}, 'v2v-infer', name='.o.lock'):\n    print('locked', flush=True)\n    sys.stdin.read()")
+            f"with folder_lock({str(tmp)!r}, 'v2v-infer', name='.o.lock'):\n"
+            "    print('locked', flush=True)\n    sys.stdin.read()")
     p = subprocess.Popen([sys.executable, '-c', code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == 'locked'

@@ -254,7 +254,7 @@ def _step_of(p: Path) -> int:
     except Exception: return -1
 
 def _newest_valid(ckpt_dir, suffix: str, run_id: str | None) -> tuple[Path | None, list[str]]:
-    "(newest checkpoint that verifies, loads and is of `run_id` (or has no run id), the errors of the broken newer ones)."
+    "(newest checkpoint that verifies, loads and is of run `run_id` (or of none), the errors of broken newer ones)."
     files = list_checkpoints(ckpt_dir, suffix)
     order = sorted(files, key=lambda p: (_step_of(p), parse_checkpoint_name(p.name)['kind'] == 'last'), reverse=True)
     errors = []
@@ -268,17 +268,17 @@ def _newest_valid(ckpt_dir, suffix: str, run_id: str | None) -> tuple[Path | Non
     return None, errors
 
 def latest_checkpoint(ckpt_dir, suffix: str, run_id: str | None = None) -> Path | None:
-    "The newest valid checkpoint in `ckpt_dir` for `suffix` (of run `run_id` if given); broken ones skipped with a warning."
+    "The newest valid checkpoint in `ckpt_dir` for `suffix` (of run `run_id` if given); broken ones skipped, warned."
     return _newest_valid(ckpt_dir, suffix, run_id)[0]
 
 def resolve_resume(resume: str, ckpt_dir, suffix: str, run_id: str | None = None) -> Path | None:
-    "What `train.resume` means: `'none'` → None, `'auto'` → newest valid checkpoint of the run (or None), else that path."
+    "`train.resume`: `'none'` → None, `'auto'` → the run's newest valid checkpoint (or None), else that path."
     if resume in ('none', ''): return None
     if resume == 'auto':
         path, errors = _newest_valid(ckpt_dir, suffix, run_id)
         if path is None and errors:
-            raise CheckpointError(f"{ckpt_dir}: none of the {len(errors)} checkpoint(s) for {suffix} is valid ({errors[0]}); "
-                                  "move them away to start over, or set train.resume to a good file")
+            raise CheckpointError(f"{ckpt_dir}: none of the {len(errors)} checkpoint(s) for {suffix} is valid "
+                                  f"({errors[0]}); move them away to start over, or set train.resume to a good file")
         return path
     if not Path(resume).is_file(): raise CheckpointError(f"{resume}: no such checkpoint file (train.resume)")
     return Path(resume)
@@ -288,7 +288,7 @@ RUN_FILE, LOCK_NAME = 'run.json', '.lock'
 RESUMABLE = ('data.root', 'data.cache_dir', 'data.num_workers', 'train.stage', 'train.output_dir', 'train.resume',
              'train.max_steps', 'train.vae_max_steps', 'train.checkpoint_every', 'train.validate_every',
              'train.log_every', 'train.keep_last', 'train.val_clips', 'train.early_stop_patience', 'train.compile',
-             'train.cache_latents')   # fields that may change between a run and its resume (and the whole infer section)
+             'train.cache_latents')   # may change between a run and its resume (as may the whole infer section)
 
 class RunError(RuntimeError):
     "An output folder holds another run, or another process is using it; the message says what to do."
@@ -413,7 +413,7 @@ def _first_loadable(files: list[Path], map_location) -> tuple[Path, dict]:
         try: return p, load_checkpoint(p, map_location)
         except CheckpointError as e:
             errors.append(e)
-            warnings.warn(f"skipping {e}; trying the next checkpoint of the run")
+            if p != files[-1]: warnings.warn(f"skipping {e}; trying the next checkpoint of the run")
     raise errors[0]
 
 # %% ../nbs/09_checkpoint.ipynb #f71292d8

@@ -54,7 +54,7 @@ def infer_parser() -> argparse.ArgumentParser:
     return p
 
 def _device(name: str) -> str:
-    "`--device`: auto is cuda when there is a GPU, else cpu; a CUDA device that is not there is a `ValueError` saying so."
+    "`--device`: auto is cuda when there is a GPU, else cpu; a missing CUDA device is a `ValueError` saying so."
     import torch
     if name == 'auto': return 'cuda' if torch.cuda.is_available() else 'cpu'
     if not re.fullmatch(r'cpu|cuda(:\d+)?', name): raise ValueError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
@@ -103,7 +103,8 @@ def _infer_into(a, tmp: Path, out: Path, device: str, t0: float) -> dict:
     grid = truth.z if truth is not None and not a.thin_spacing else None
     thin = inf.infer_volume(pipe, thick, steps=a.steps, eta=a.eta, seed=a.seed, overlap=a.overlap, batch_size=a.batch_size,
                             thin_z=grid, thin_spacing=spacing)
-    res = inf.export_volume(thin, tmp, reference_meta=thick.meta, copy_patient_tags=a.copy_patient_tags or pipe.cfg.infer.copy_patient_tags)
+    res = inf.export_volume(thin, tmp, reference_meta=thick.meta,
+                            copy_patient_tags=a.copy_patient_tags or pipe.cfg.infer.copy_patient_tags)
     for v in ('axial', 'coronal'): inf.montage(thick, tmp / f'thick_{v}.png', view=v, title=f'input (thick) {v}')
     final = {k: str(out / Path(res[k]).relative_to(tmp)) for k in ('dicom', 'nifti')}
     summary = dict(input=str(a.input), case=name, checkpoint=str(pipe.path), thick_shape=list(thick.hu.shape), thin_shape=list(thin.hu.shape),
@@ -182,7 +183,7 @@ def demo_main(argv=None) -> dict:
     return run_demo(a.out, fresh=a.fresh, **kw)
 
 # %% ../nbs/13_cli.ipynb #3aec4e78
-_USER_ERRORS = {'CheckpointError', 'RunError', 'NonFiniteError'}   # besides ValueError (ConfigError, DicomError) and OSError
+_USER_ERRORS = {'CheckpointError', 'RunError', 'NonFiniteError'}   # and ValueError (ConfigError, DicomError), OSError
 
 def _user_error(e: BaseException) -> bool:
     "Whether `e` is one a user causes and can fix: a bad config, path, input or device, a busy or foreign folder."

@@ -307,7 +307,8 @@ class _ConfigLoader(yaml.SafeLoader):
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             ev = self.peek_event()
-            raise ConfigError(f"line {ev.start_mark.line + 1}: YAML aliases (*{ev.anchor[:40]}) are not allowed in a config")
+            where = f"line {ev.start_mark.line + 1}"
+            raise ConfigError(f"{where}: YAML aliases (*{ev.anchor[:40]}) are not allowed in a config")
         return super().compose_node(parent, index)
 
 _ConfigLoader.add_implicit_resolver('tag:yaml.org,2002:float',

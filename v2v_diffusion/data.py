@@ -44,7 +44,8 @@ def _drop_duplicate_ids(refs: list[CaseRef], skipped: list | None) -> list[CaseR
         if len(rs) < 2: continue
         why = f"case id {cid!r} found {len(rs)} times ({', '.join(str(r.path) for r in rs)}): keep one of them"
         warnings.warn(f"case {cid} skipped: {why}", DicomWarning)
-        if skipped is not None: skipped += [dict(case_id=cid, category=r.category, path=str(r.path), error=why) for r in rs]
+        if skipped is not None:
+            skipped += [dict(case_id=cid, category=r.category, path=str(r.path), error=why) for r in rs]
     return [r for r in refs if len(paths[r.case_id]) == 1]
 
 # %% ../nbs/04_data.ipynb #95a2521e
@@ -237,7 +238,8 @@ def _empty_file(path: Path) -> bool:
 def _read_splits(path: Path) -> dict:
     "A saved split file; `ValueError` naming it when it is not one."
     try: saved = json.loads(path.read_text())
-    except (OSError, ValueError) as e: raise ValueError(f"{path}: unreadable split file ({e}); delete it to split anew") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable split file ({e}); delete it to split anew") from None
     if not isinstance(saved, dict) or any(not isinstance(saved.get(k), list) for k in ('train', 'val', 'test')):
         raise ValueError(f"{path}: not a split file (needs train/val/test lists); delete it to split anew")
     return saved
@@ -249,7 +251,8 @@ def make_splits(cases: list, data_cfg: DataConfig, *, path=None) -> dict[str, li
     ids = {c.case_id for c in cases}
     if not path.exists() or _empty_file(path):
         sp = split_cases(cases, data_cfg.val_frac, data_cfg.test_frac, data_cfg.split_seed)
-        atomic_write_text(path, json.dumps(dict(seed=data_cfg.split_seed, val_frac=data_cfg.val_frac, test_frac=data_cfg.test_frac, **sp), indent=1))
+        saved = dict(seed=data_cfg.split_seed, val_frac=data_cfg.val_frac, test_frac=data_cfg.test_frac, **sp)
+        atomic_write_text(path, json.dumps(saved, indent=1))
         return sp
     saved = _read_splits(path); sp = {k: list(saved[k]) for k in ('train', 'val', 'test')}
     if (saved.get('seed'), saved.get('val_frac'), saved.get('test_frac')) != (data_cfg.split_seed, data_cfg.val_frac, data_cfg.test_frac):
@@ -283,7 +286,8 @@ def _prepare_one(ref: CaseRef, cache_dir, keep: bool = False) -> tuple[dict, Pai
 def load_cases(refs: list[CaseRef], cache_dir=None, *, workers: int = 0, progress: bool = True) -> tuple[list[dict], list[PairedCase]]:
     "Decode/cache `refs` (process pool when `workers` > 1; the cache locked meanwhile): (summary rows, loaded cases)."
     from tqdm.auto import tqdm
-    with folder_lock(cache_dir or '.', 'process writing this cache', wait=CACHE_LOCK_WAIT, active=cache_dir is not None):
+    active = cache_dir is not None
+    with folder_lock(cache_dir or '.', 'process writing this cache', wait=CACHE_LOCK_WAIT, active=active):
         return _load_cases(refs, cache_dir, workers, progress, tqdm)
 
 def _load_cases(refs, cache_dir, workers, progress, tqdm) -> tuple[list[dict], list[PairedCase]]:

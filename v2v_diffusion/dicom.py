@@ -175,7 +175,7 @@ def _check_entry(zip_path, info: zipfile.ZipInfo, max_member_bytes: int):
     if stat.S_ISLNK(info.external_attr >> 16):
         raise DicomError(f"{zip_path}: entry {info.filename!r} is a symbolic link; refusing the archive")
     if info.flag_bits & 0x1:
-        raise DicomError(f"{zip_path}: entry {info.filename!r} is encrypted (a password-protected zip); refusing the archive")
+        raise DicomError(f"{zip_path}: entry {info.filename!r} is encrypted (a password-protected zip)")
     if info.file_size > max_member_bytes:
         raise DicomError(f"{zip_path}: entry {info.filename!r} is {info.file_size} bytes (limit {max_member_bytes})")
 
@@ -213,7 +213,7 @@ def _iter_files(source):
 
 # %% ../nbs/02_dicom.ipynb #23d703e6
 def check_folder_size(folder: Path, files: list[Path]):
-    "The caps of a zip for an extracted folder: no file over `MAX_MEMBER_BYTES`, all together at most `MAX_ARCHIVE_BYTES`."
+    "A zip's caps for a folder: no file over `MAX_MEMBER_BYTES`, all together at most `MAX_ARCHIVE_BYTES`."
     sizes = [f.stat().st_size for f in files]
     if sizes and max(sizes) > MAX_MEMBER_BYTES:
         big = files[sizes.index(max(sizes))]
@@ -254,7 +254,7 @@ def parse_dicom(name: str, data: bytes) -> Dataset | None:
     if 'PixelData' not in ds:
         if 'Rows' in ds or len(ds) == 0: raise DicomError(f"{name}: image without pixel data (truncated file?)")
         if _not_an_image(ds): _warn(f"{name}: no pixel data ({ds.get('Modality', '?')}), skipped")
-        else: raise DicomError(f"{name}: no pixel data ({ds.get('Modality', '') or 'no Modality'}): a truncated or corrupt file?")
+        else: raise DicomError(f"{name}: no pixel data ({ds.get('Modality', '') or 'no Modality'}): truncated?")
         return None
     return ds
 
@@ -288,8 +288,8 @@ def checked_shape(name: str, ds: Dataset) -> tuple[int, int]:
     if not (rows >= 1 and cols >= 1 and rows == int(rows) and cols == int(cols)):
         raise DicomError(f"{name}: Rows x Columns = {rows:g} x {cols:g} is not an image")
     if rows * cols * max(frames, 1) > MAX_SLICE_PIXELS:
-        raise DicomError(f"{name}: declares {int(rows)} x {int(cols)} pixels x {max(frames, 1):g} frame(s), over the limit "
-                         f"of {MAX_SLICE_PIXELS} (V2V_MAX_SLICE_PIXELS); refused before decoding")
+        raise DicomError(f"{name}: declares {int(rows)} x {int(cols)} pixels x {max(frames, 1):g} frame(s), over the "
+                         f"limit of {MAX_SLICE_PIXELS} (V2V_MAX_SLICE_PIXELS); refused before decoding")
     return int(rows), int(cols)
 
 def check_series_bytes(name: str, n: int, shape: tuple, dtype):
@@ -320,7 +320,7 @@ def _stored_pixels(name: str, ds: Dataset) -> np.ndarray:
         pd = ds.PixelData
         if len(pd) < rows * cols * 2: raise DicomError(f"{name}: truncated pixel data ({len(pd)} of {rows * cols * 2} bytes)")
         if len(pd) > rows * cols * 2 + 1:
-            raise DicomError(f"{name}: {len(pd)} bytes of pixel data for Rows x Columns = {rows} x {cols} ({rows * cols * 2})")
+            raise DicomError(f"{name}: {len(pd)} bytes of pixel data for Rows x Columns = {rows} x {cols}")
         return np.frombuffer(pd, '<i2' if signed else '<u2', count=rows * cols).reshape(rows, cols)
     try: return pydicom.pixels.pixel_array(ds)         # not ds.pixel_array: no cached copy, no pixel-id checks (~0.3 ms)
     except Exception as e: raise DicomError(f"{name}: cannot decode pixels ({type(e).__name__}: {e})") from None

@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 from .config import Config, TrainConfig, get_config, load_config, validate_config, save_config, config_to_dict
 from .checkpoint import (save_checkpoint, load_checkpoint, resolve_resume, latest_checkpoint, list_checkpoints,
-                                      stage_suffix, rng_state, set_rng_state, code_version, state_of, atomic_save, CheckpointError,
-                                      NonFiniteError, RunError, nonfinite_tensors, current_run_id, open_run,
-                                      folder_lock, atomic_write_text)
+                                      stage_suffix, rng_state, set_rng_state, code_version, state_of, atomic_save, CheckpointError)
+from .checkpoint import (NonFiniteError, RunError, nonfinite_tensors, current_run_id, open_run, folder_lock,
+                                      atomic_write_text)
 from .metrics import psnr, ssim, ms_ssim, interpolate_clip
 from .data import build_dataloaders
 from .vae import VAE, measure_scaling_factor
@@ -114,8 +114,8 @@ _NONFINITE = weakref.WeakKeyDictionary()     # optimizer -> its current run of n
 
 def step_is_finite(loss: float, grad_norm: torch.Tensor) -> bool:
     "Whether the loss and the gradient norm are finite (on every rank under DDP, so that all ranks skip together)."
-    ok = torch.isfinite(grad_norm.detach().float().reshape(1)) & torch.tensor([math.isfinite(loss)], device=grad_norm.device)
-    flag = ok.float()
+    loss_ok = torch.tensor([math.isfinite(loss)], device=grad_norm.device)
+    flag = (torch.isfinite(grad_norm.detach().float().reshape(1)) & loss_ok).float()
     if dist.is_available() and dist.is_initialized(): dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
 
@@ -556,15 +556,16 @@ def trim_metrics(out, stage: str, step: int) -> int:
     return len(lines) - len(keep)
 
 def checked_resume(name: str, ckpt: dict | None, cfg: Config) -> dict | None:
-    "`ckpt` if stage `name` may resume from it (`RunError` if not); on rank 0, metrics after its step (or all) are dropped."
+    "`ckpt` if stage `name` may resume from it (else `RunError`); on rank 0, drop the metrics logged after its step."
     t, suffix = cfg.train, stage_suffix(name, cfg.train.suffix)
     if ckpt is None and t.resume == 'none' and list_checkpoints(Path(t.output_dir) / 'checkpoints', suffix):
         raise RunError(f"{t.output_dir}: train.resume=none, but the folder has {name} checkpoints: two trainings would "
                        "mix; use another output folder, --force-new, or train.resume=auto")
     budget = getattr(t, _STEP_BUDGET.get(name, ''), None)
     if ckpt is not None and budget is not None and ckpt['step'] > budget:
-        raise RunError(f"{t.output_dir}: the {name} checkpoint is at step {ckpt['step']}, past "
-                       f"train.{_STEP_BUDGET[name]}={budget}: it is another training; use another output folder or --force-new")
+        key = _STEP_BUDGET[name]
+        raise RunError(f"{t.output_dir}: the {name} checkpoint is at step {ckpt['step']}, past train.{key}={budget}: "
+                       "it is another training; use another output folder or --force-new")
     if int(os.environ.get('RANK', 0)) == 0: trim_metrics(t.output_dir, name, ckpt['step'] if ckpt else 0)
     return ckpt
 
@@ -641,7 +642,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument('--stage', choices=['vae', 'diffusion', 'both'])
     p.add_argument('--max-steps', type=int, help='optimizer steps of each stage')
     p.add_argument('--resume', help="auto | none | PATH (default: the config's train.resume)")
-    p.add_argument('--force-new', action='store_true', help='start a new run in a used output folder (the old one moves to previous/)')
+    p.add_argument('--force-new', action='store_true',
+                   help='start a new run in a used output folder (the old one moves to previous/)')
     return p
 
 def train_main(argv=None):
