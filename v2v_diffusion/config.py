@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_config.ipynb #5698b6f4
 from __future__ import annotations
-import copy, dataclasses, math, re, types, typing
+import copy, dataclasses, math, os, re, types, typing
 from dataclasses import dataclass, field, asdict, fields, is_dataclass
 from pathlib import Path
 import yaml
@@ -347,9 +347,13 @@ def parse_overrides(overrides: typing.Sequence[str]) -> dict:
 
 # %% ../nbs/00_config.ipynb #ea66f9df
 def save_config(cfg: Config, path) -> Path:
-    "Write `cfg` as YAML."
+    "Write `cfg` as YAML, via a temp file and a rename: never half a file, even on a full disk."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
+    try:
+        tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
     return path
 
 def load_config(path, overrides: typing.Sequence[str] = ()) -> Config:
