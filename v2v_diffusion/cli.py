@@ -4,13 +4,13 @@
 
 # %% ../nbs/13_cli.ipynb #bc698e62
 from __future__ import annotations
-import argparse, importlib, json, sys, time
+import argparse, importlib, json, os, re, shutil, sys, time
 from pathlib import Path
 
 # %% auto #0
 __all__ = ['prepare_script', 'train_script', 'infer_script', 'eval_script', 'phantom_script', 'bench_script', 'demo_script',
-           'quality_script', 'prepare_main', 'train_main', 'phantom_main', 'bench_main', 'infer_parser', 'InputError',
-           'infer_main', 'eval_parser', 'eval_main', 'demo_main', 'quality_main']
+           'quality_script', 'prepare_main', 'train_main', 'phantom_main', 'bench_main', 'infer_parser', 'writable_dir',
+           'InputError', 'infer_main', 'eval_parser', 'eval_main', 'demo_main', 'quality_main']
 
 # %% ../nbs/13_cli.ipynb #097f8854
 def _delegate(module: str, name: str, argv, prog: str):
@@ -55,22 +55,54 @@ def infer_parser() -> argparse.ArgumentParser:
     return p
 
 def _device(name: str) -> str:
+    "`--device`: auto is cuda when there is a GPU, else cpu; a missing CUDA device is a `ValueError` saying so."
     import torch
-    return ('cuda' if torch.cuda.is_available() else 'cpu') if name == 'auto' else name
+    if name == 'auto': return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if not re.fullmatch(r'cpu|cuda(:\d+)?', name): raise ValueError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
+    if name.startswith('cuda') and not torch.cuda.is_available():
+        why = 'a CPU-only build of torch' if torch.version.cuda is None else 'no GPU is visible'
+        raise ValueError(f"--device {name}: CUDA is not available on this machine ({why}); use --device cpu")
+    if name.startswith('cuda:') and int(name[5:]) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
+    return name
+
+def writable_dir(path, flag: str) -> Path:
+    "Make folder `path` (and its parents) and check that a file can be written there, before any work."
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f'.write-test-{os.getpid()}'
+        probe.write_bytes(b'')
+        probe.unlink()
+    except OSError as e: raise OSError(f"{flag} {path}: not writable ({e.strerror or e})") from None
+    return path
 
 # %% ../nbs/13_cli.ipynb #a6a42b2b
 class InputError(ValueError):
-    "An input `v2v-infer` cannot use; its console script prints this one line and exits 2."
+    "An input `v2v-infer` cannot use: one line on stderr and exit 2 from its console script."
 
-def infer_main(argv=None) -> dict:
-    "`v2v-infer`: a thick series to a thin DICOM series, NIfTI file and PNG montages."
-    a = infer_parser().parse_args(argv)
-    from v2v_diffusion.checkpoint import load_pipeline
+def _check_out(out: Path) -> Path:
+    "`--out` may be new, empty, or an earlier v2v-infer output (replaced); its parent must be writable."
+    if out.exists() and not out.is_dir(): raise ValueError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / 'summary.json').is_file():
+        raise ValueError(f"--out {out}: a non-empty folder that is not a v2v-infer output; give a new or empty folder")
+    writable_dir(out.parent, f'--out {out}:')
+    return out
+
+def _swap_in(tmp: Path, out: Path):
+    "Replace `out` by the finished folder `tmp` with two renames (never a mix of two results), then drop the old one."
+    old = out.with_name(f'.{out.name}.old-{os.getpid()}')
+    if out.exists(): os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+def _infer_into(a, tmp: Path, out: Path, device: str, t0: float) -> dict:
+    "Run inference as `a` says, writing into `tmp`; the summary names the files as they will be under `out`."
+    from v2v_diffusion.checkpoint import load_pipeline, atomic_write_text
     from v2v_diffusion import inference as inf
-    t0, out = time.time(), Path(a.out)
     try: thick, truth, name = inf.read_input(a.input, a.case, cache_dir=None)
-    except (ValueError, OSError) as e: raise InputError(f"v2v-infer: {e}") from None
-    pipe = load_pipeline(a.checkpoint, map_location=_device(a.device), use_ema=not a.no_ema)
+    except (ValueError, OSError) as e: raise InputError(str(e)) from None
+    pipe = load_pipeline(a.checkpoint, map_location=device, use_ema=not a.no_ema)
     if pipe.unet is None: raise SystemExit(f"v2v-infer: {pipe.path} is a VAE-stage checkpoint; give a diffusion checkpoint or run folder")
     keep_tags = a.copy_patient_tags or pipe.cfg.infer.copy_patient_tags
     spacing = a.thin_spacing or (float(truth.spacing[0]) if truth is not None else 1.0)
@@ -78,14 +110,30 @@ def infer_main(argv=None) -> dict:
     post = inf.infer_posterior(pipe, thick, num_samples=a.samples, steps=a.steps, eta=a.eta, seed=a.seed, overlap=a.overlap,
                                batch_size=a.batch_size, thin_z=grid, thin_spacing=spacing)
     thin = post.mean
-    res = inf.export_posterior(post, out, reference_meta=thick.meta, copy_patient_tags=keep_tags)
-    for v in ('axial', 'coronal'): inf.montage(thick, out / f'thick_{v}.png', view=v, title=f'input (thick) {v}')
+    res = inf.export_posterior(post, tmp, reference_meta=thick.meta, copy_patient_tags=keep_tags)
+    for v in ('axial', 'coronal'): inf.montage(thick, tmp / f'thick_{v}.png', view=v, title=f'input (thick) {v}')
+    final = {k: str(out / Path(res[k]).relative_to(tmp)) for k in ('dicom', 'nifti', 'std')}
     summary = dict(input=str(a.input), case=name) if keep_tags else {}        # input names are patient data
     summary |= dict(checkpoint=str(pipe.path), thick_shape=list(thick.hu.shape), thin_shape=list(thin.hu.shape),
-                    thin_spacing_mm=float(thin.spacing[0]), dicom=str(res['dicom']), nifti=str(res['nifti']), std=str(res['std']),
-                    samples=post.num_samples, seconds=round(time.time() - t0, 1))
+                    thin_spacing_mm=float(thin.spacing[0]), **final, samples=post.num_samples, seconds=round(time.time() - t0, 1))
     if truth is not None and grid is not None: summary['metrics'] = _quick_metrics(pipe, thick, truth, thin)
-    (out / 'summary.json').write_text(json.dumps(summary, indent=1))
+    atomic_write_text(tmp / 'summary.json', json.dumps(summary, indent=1))
+    return summary
+
+def infer_main(argv=None) -> dict:
+    "`v2v-infer`: a thick series to a thin DICOM series, NIfTI file and PNG montages (`--out` replaced as a whole)."
+    a = infer_parser().parse_args(argv)
+    from v2v_diffusion.checkpoint import folder_lock
+    t0, out, device = time.time(), _check_out(Path(a.out)), _device(a.device)
+    with folder_lock(out.parent, 'v2v-infer', name=f'.{out.name}.lock', label=f'--out {out}'):
+        for stale in out.parent.glob(f'.{out.name}.partial-*'): shutil.rmtree(stale, ignore_errors=True)
+        tmp = out.with_name(f'.{out.name}.partial-{os.getpid()}')
+        tmp.mkdir()
+        try: summary = _infer_into(a, tmp, out, device, t0)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _swap_in(tmp, out)
     print(json.dumps(summary, indent=1))
     return summary
 
@@ -120,14 +168,16 @@ def eval_parser() -> argparse.ArgumentParser:
 def eval_main(argv=None) -> dict:
     "`v2v-eval`: evaluate a checkpoint on a dataset split; writes report.md, report.html, metrics.json."
     a = eval_parser().parse_args(argv)
-    from v2v_diffusion.checkpoint import load_pipeline
+    from v2v_diffusion.checkpoint import load_pipeline, folder_lock
     from v2v_diffusion.evaluate import evaluate
     from v2v_diffusion.report import md_table, metric_table
-    pipe = load_pipeline(a.checkpoint, map_location=_device(a.device), use_ema=not a.no_ema)
-    reg = _regression_of(a.checkpoint, _device(a.device), not a.no_ema) if not a.no_regression else None
-    res = evaluate(pipe, a.root, a.out, split=a.split, cache_dir=a.cache_dir, regression=reg, slice_drop=a.slice_drop,
-                   max_cases=a.max_cases, num_samples=a.samples, steps=a.steps, eta=a.eta, seed=a.seed, overlap=a.overlap,
-                   batch_size=a.batch_size)
+    device, out = _device(a.device), writable_dir(a.out, '--out')
+    with folder_lock(out, 'v2v-eval', label=f'--out {out}'):
+        pipe = load_pipeline(a.checkpoint, map_location=device, use_ema=not a.no_ema)
+        reg = _regression_of(a.checkpoint, device, not a.no_ema) if not a.no_regression else None
+        res = evaluate(pipe, a.root, out, split=a.split, cache_dir=a.cache_dir, regression=reg, slice_drop=a.slice_drop,
+                       max_cases=a.max_cases, num_samples=a.samples, steps=a.steps, eta=a.eta, seed=a.seed, overlap=a.overlap,
+                       batch_size=a.batch_size)
     print(md_table(metric_table(res['summary']))); print(res['verdict']); print(f"report: {res['report']}")
     return res
 
@@ -166,12 +216,31 @@ def quality_main(argv=None) -> dict:
     return run_quality(a.out, a.doc, a.demo_dir)
 
 # %% ../nbs/13_cli.ipynb #3aec4e78
-def _console(main, fails: tuple = ()):
-    "A console-script entry for `main`: runs it (on `sys.argv` by default), returns 0; `fails`: one line, return 2."
+_USER_ERRORS = {'CheckpointError', 'RunError', 'NonFiniteError'}   # and ValueError (ConfigError, DicomError), OSError
+
+def _user_error(e: BaseException) -> bool:
+    "Whether `e` is one a user causes and can fix: a bad config, path, input or device, a busy or foreign folder."
+    return isinstance(e, (ValueError, OSError)) or bool({c.__name__ for c in type(e).__mro__} & _USER_ERRORS)
+
+def _one_line(e: BaseException, limit: int = 400) -> str:
+    "The message of `e` on one line, at most `limit` characters."
+    msg = ' '.join(str(e).split()) or type(e).__name__
+    return msg if len(msg) <= limit else msg[:limit] + ' ...'
+
+def _console(main):
+    "A console-script entry for `main` (on `sys.argv` by default): 0 when it returns, 2 with one line for a user error."
+    prog = 'v2v-' + main.__name__.removesuffix('_main')
     def entry(argv=None) -> int:
-        try: main(argv)
-        except fails as e:
-            print(e, file=sys.stderr)
+        argv = list(sys.argv[1:] if argv is None else argv)
+        debug = '--debug' in argv
+        try: main([x for x in argv if x != '--debug'])
+        except SystemExit as e:
+            if not isinstance(e.code, str): raise
+            print(_one_line(e), file=sys.stderr)
+            return 2
+        except Exception as e:
+            if debug or not _user_error(e): raise
+            print(f"{prog}: error: {_one_line(e)} (--debug for the traceback)", file=sys.stderr)
             return 2
         return 0
     entry.__name__ = entry.__qualname__ = main.__name__.replace('_main', '_script')
@@ -180,4 +249,3 @@ def _console(main, fails: tuple = ()):
 
 prepare_script, train_script, infer_script, eval_script, phantom_script, bench_script, demo_script, quality_script = map(
     _console, (prepare_main, train_main, infer_main, eval_main, phantom_main, bench_main, demo_main, quality_main))
-infer_script = _console(infer_main, (InputError,))

@@ -4,15 +4,16 @@
 
 # %% ../nbs/00_config.ipynb #5698b6f4
 from __future__ import annotations
-import copy, dataclasses, types, typing
+import copy, dataclasses, math, os, re, types, typing
 from dataclasses import dataclass, field, asdict, fields, is_dataclass
 from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['PRESETS', 'DataConfig', 'VAEConfig', 'UNetConfig', 'DiffusionConfig', 'FormulationConfig', 'TrainConfig',
-           'InferConfig', 'Config', 'ConfigError', 'validate_config', 'config_from_dict', 'config_to_dict',
-           'get_config', 'parse_overrides', 'save_config', 'load_config']
+__all__ = ['RANGES', 'PRESETS', 'MAX_CONFIG_BYTES', 'DataConfig', 'VAEConfig', 'UNetConfig', 'DiffusionConfig',
+           'FormulationConfig', 'TrainConfig', 'InferConfig', 'Config', 'ConfigError', 'validate_config', 'in_range',
+           'validate_ranges', 'config_from_dict', 'config_to_dict', 'get_config', 'parse_yaml', 'read_yaml',
+           'parse_overrides', 'save_config', 'load_config']
 
 # %% ../nbs/00_config.ipynb #65b339b4
 @dataclass
@@ -141,7 +142,9 @@ class Config:
 
 # %% ../nbs/00_config.ipynb #95ce26d5
 class ConfigError(ValueError):
-    "A config key or value is invalid; the message names it."
+    "A config key or value is invalid; the message names it (cut to 500 characters: a value may be huge)."
+    def __init__(self, msg: str):
+        super().__init__(msg if len(msg) <= 500 else msg[:500] + ' ...')
 
 # %% ../nbs/00_config.ipynb #60176b32
 def _coerce(value, tp, key):
@@ -189,6 +192,7 @@ def validate_config(cfg: Config) -> Config:
     "Check rules across fields; raise `ConfigError` naming the key and value."
     d = cfg.data
     def bad(key, val, why): raise ConfigError(f"{key}={val!r}: {why}")
+    validate_ranges(cfg)
     for key, choices in _CHOICES.items():
         sec, name = key.split('.'); val = getattr(getattr(cfg, sec), name)
         if val not in choices: bad(key, val, f"must be one of {choices}")
@@ -222,6 +226,50 @@ def _validate_models(cfg: Config):
     if cfg.infer.num_samples < 1: bad('infer.num_samples', cfg.infer.num_samples, 'must be >= 1')
     if cfg.formulation.residual_hu <= 0: bad('formulation.residual_hu', cfg.formulation.residual_hu, 'must be > 0')
     if not 0 <= cfg.infer.overlap < cfg.data.n_frames: bad('infer.overlap', cfg.infer.overlap, f'must be in 0..data.n_frames-1={cfg.data.n_frames - 1}')
+
+# %% ../nbs/00_config.ipynb #386d2eb4
+RANGES = {
+    'data.n_frames': '>= 1', 'data.height': '>= 8', 'data.width': '>= 8', 'data.window_width': '> 0',
+    'data.val_frac': '[0, 1)', 'data.test_frac': '[0, 1)', 'data.split_seed': '>= 0', 'data.batch_size': '>= 1',
+    'data.num_workers': '>= 0',
+    'vae.in_channels': '>= 1', 'vae.num_res_blocks': '>= 1', 'vae.latent_channels': '>= 1', 'vae.norm_groups': '>= 1',
+    'vae.temporal_kernel': '>= 1', 'vae.scaling_factor': '> 0', 'vae.kl_weight': '>= 0', 'vae.msssim_weight': '>= 0',
+    'unet.model_channels': '>= 1', 'unet.num_res_blocks': '>= 1', 'unet.num_heads': '>= 1',
+    'unet.time_embed_dim': '>= 1', 'unet.norm_groups': '>= 1', 'unet.dropout': '[0, 1)',
+    'diffusion.num_train_steps': '>= 1', 'diffusion.ddim_steps': '>= 1', 'diffusion.ddim_eta': '>= 0',
+    'diffusion.msssim_weight': '>= 0', 'diffusion.min_snr_gamma': '>= 0',
+    'train.vae_max_steps': '>= 1', 'train.max_steps': '>= 1', 'train.grad_accum': '>= 1', 'train.lr': '> 0',
+    'train.weight_decay': '>= 0', 'train.warmup_steps': '>= 0', 'train.min_lr': '>= 0', 'train.max_grad_norm': '> 0',
+    'train.ema_decay': '[0, 1]', 'train.checkpoint_every': '>= 1', 'train.validate_every': '>= 1',
+    'train.log_every': '>= 1', 'train.keep_last': '>= 1', 'train.val_clips': '>= 1',
+    'train.early_stop_patience': '>= 0', 'train.seed': '>= 0',
+    'train.regression_max_steps': '>= 1', 'formulation.residual_hu': '> 0',
+    'infer.overlap': '>= 0', 'infer.batch_size': '>= 1', 'infer.seed': '>= 0', 'infer.num_samples': '>= 1'}
+
+_INTERVAL = re.compile(r'^([\[(])\s*(\S+),\s*(\S+)\s*([\])])$')
+
+def in_range(x: float, spec: str) -> bool:
+    "Whether `x` lies in `spec`: `'> a'`, `'>= a'`, `'< a'`, `'<= a'` or an interval like `'[a, b)'`."
+    if m := _INTERVAL.match(spec):
+        lo, hi = float(m[2]), float(m[3])
+        return (lo <= x if m[1] == '[' else lo < x) and (x <= hi if m[4] == ']' else x < hi)
+    op, a = spec.split()
+    return {'>': x > float(a), '>=': x >= float(a), '<': x < float(a), '<=': x <= float(a)}[op]
+
+def _numeric_fields(cfg: Config):
+    "(`section.key`, value) of every int/float field of `cfg` (not bools, not tuples)."
+    for sec in fields(cfg):
+        for f in fields(getattr(cfg, sec.name)):
+            v = getattr(getattr(cfg, sec.name), f.name)
+            if isinstance(v, (int, float)) and not isinstance(v, bool): yield f'{sec.name}.{f.name}', v
+
+def validate_ranges(cfg: Config):
+    "Every numeric field finite and inside its `RANGES` entry, and min_lr <= lr; else `ConfigError` naming it."
+    for key, v in _numeric_fields(cfg):
+        if not math.isfinite(v): raise ConfigError(f"{key}={v!r}: must be a finite number")
+        if key in RANGES and not in_range(v, RANGES[key]): raise ConfigError(f"{key}={v!r}: must be {RANGES[key]}")
+    if cfg.train.min_lr > cfg.train.lr:
+        raise ConfigError(f"train.min_lr={cfg.train.min_lr!r}: must be <= train.lr={cfg.train.lr!r}")
 
 # %% ../nbs/00_config.ipynb #79b48f74
 def config_from_dict(d: dict) -> Config:
@@ -286,6 +334,36 @@ def get_config(preset: str = 'v100', overrides: typing.Sequence[str] = ()) -> Co
     if preset not in PRESETS: raise ConfigError(f"unknown preset {preset!r} (valid: {', '.join(PRESETS)})")
     return config_from_dict(_merge(PRESETS[preset](), parse_overrides(overrides)))
 
+# %% ../nbs/00_config.ipynb #acb78454
+MAX_CONFIG_BYTES = 1 << 20
+
+class _ConfigLoader(yaml.SafeLoader):
+    "SafeLoader with YAML 1.2 floats and without aliases."
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            ev = self.peek_event()
+            where = f"line {ev.start_mark.line + 1}"
+            raise ConfigError(f"{where}: YAML aliases (*{ev.anchor[:40]}) are not allowed in a config")
+        return super().compose_node(parent, index)
+
+_ConfigLoader.add_implicit_resolver('tag:yaml.org,2002:float',
+                                    re.compile(r'^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$'),
+                                    list('-+0123456789.'))
+
+def parse_yaml(text: str, where: str = 'YAML'):
+    "Parse config YAML (`read_yaml`'s rules); `ConfigError` with a short message naming `where`."
+    try: return yaml.load(text, Loader=_ConfigLoader)
+    except yaml.YAMLError as e: raise ConfigError(f"{where}: not valid YAML ({str(e)[:300]})") from None
+
+def read_yaml(path):
+    "A YAML config file parsed with YAML 1.2 floats and without aliases; `ConfigError` naming the file."
+    path = Path(path)
+    try: size = path.stat().st_size
+    except OSError as e: raise ConfigError(f"{path}: cannot read the config ({e.strerror or e})") from None
+    if size > MAX_CONFIG_BYTES: raise ConfigError(f"{path}: {size} bytes; a config is at most {MAX_CONFIG_BYTES}")
+    try: return parse_yaml(path.read_text(), str(path)) or {}
+    except ConfigError as e: raise ConfigError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+
 # %% ../nbs/00_config.ipynb #853b7126
 def parse_overrides(overrides: typing.Sequence[str]) -> dict:
     "Nested dict from `['train.lr=3e-4', ...]`; values parsed as YAML."
@@ -295,7 +373,7 @@ def parse_overrides(overrides: typing.Sequence[str]) -> dict:
         key, raw = o.split('=', 1)
         parts = key.strip().split('.')
         if len(parts) != 2: raise ConfigError(f"override key {key!r} must be section.key, e.g. train.lr")
-        val = yaml.safe_load(raw) if raw.strip() else ''
+        val = parse_yaml(raw, f'override {key.strip()}') if raw.strip() else ''
         if isinstance(val, str):
             try: val = float(val)        # PyYAML reads '3e-4' (no dot) as a string
             except ValueError: pass
@@ -304,16 +382,21 @@ def parse_overrides(overrides: typing.Sequence[str]) -> dict:
 
 # %% ../nbs/00_config.ipynb #ea66f9df
 def save_config(cfg: Config, path) -> Path:
-    "Write `cfg` as YAML."
+    "Write `cfg` as YAML, via a temp file and a rename: never half a file, even on a full disk."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
+    try:
+        tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
     return path
 
 def load_config(path, overrides: typing.Sequence[str] = ()) -> Config:
     "Read a YAML config (full, or `preset:` plus differences) and apply dotted `overrides`."
     path = Path(path)
-    try: d = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e: raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    d = read_yaml(path)
     if not isinstance(d, dict): raise ConfigError(f"{path}: expected a mapping at the top level")
+    if 'preset' in d and d['preset'] not in PRESETS:
+        raise ConfigError(f"{path}: unknown preset {str(d['preset'])[:40]!r} (valid: {', '.join(PRESETS)})")
     base = PRESETS[d.pop('preset')]() if 'preset' in d else {}
     return config_from_dict(_merge(_merge(base, d), parse_overrides(overrides)))

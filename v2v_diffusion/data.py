@@ -16,11 +16,13 @@ from .config import Config, DataConfig, FormulationConfig, load_config, get_conf
 from .base import interpolation_base
 from .dicom import DicomError, DicomWarning, Volume, pick_thick_thin, read_dicom_tree
 from .windowing import hu_to_unit
+from .checkpoint import atomic_write_text, folder_lock
 
 # %% auto #0
-__all__ = ['THICK_RATIO', 'CaseRef', 'find_cases', 'PairedCase', 'pair_case', 'load_case', 'native_thick_frames', 'sample_z',
-           'window_thick_z', 'resize_hu', 'window_base', 'ClipDataset', 'split_cases', 'make_splits', 'load_cases',
-           'summary_table', 'prepare_dataset', 'prepare_main', 'build_dataloaders']
+__all__ = ['THICK_RATIO', 'CACHE_LOCK_WAIT', 'CaseRef', 'find_cases', 'PairedCase', 'pair_case', 'load_case',
+           'native_thick_frames', 'sample_z', 'window_thick_z', 'resize_hu', 'window_base', 'ClipDataset',
+           'split_cases', 'make_splits', 'load_cases', 'summary_table', 'prepare_dataset', 'prepare_main',
+           'build_dataloaders']
 
 # %% ../nbs/04_data.ipynb #034d2928
 @dataclass(frozen=True)
@@ -35,9 +37,22 @@ def _norm(name: str) -> str: return re.sub(r'[\s_\-]', '', name.lower())
 def _case_entry(p: Path) -> bool: return not p.name.startswith('.') and (p.is_dir() or p.suffix.lower() == '.zip')
 def _case_id(p: Path) -> str: return p.stem if p.suffix.lower() == '.zip' else p.name
 
+# %% ../nbs/04_data.ipynb #da70a2ee
+def _drop_duplicate_ids(refs: list[CaseRef], skipped: list | None) -> list[CaseRef]:
+    "`refs` without the case ids found more than once (the same case in two categories, a zip next to its folder)."
+    paths = {}
+    for r in refs: paths.setdefault(r.case_id, []).append(r)
+    for cid, rs in paths.items():
+        if len(rs) < 2: continue
+        why = f"case id {cid!r} found {len(rs)} times ({', '.join(str(r.path) for r in rs)}): keep one of them"
+        warnings.warn(f"case {cid} skipped: {why}", DicomWarning)
+        if skipped is not None:
+            skipped += [dict(case_id=cid, category=r.category, path=str(r.path), error=why) for r in rs]
+    return [r for r in refs if len(paths[r.case_id]) == 1]
+
 # %% ../nbs/04_data.ipynb #95a2521e
-def find_cases(root) -> list[CaseRef]:
-    "Every case under `root`, sorted by category then id; ids must be unique."
+def find_cases(root, *, skipped: list | None = None) -> list[CaseRef]:
+    "Every case under `root`, sorted by category then id; an id found twice is skipped (rows appended to `skipped`)."
     root = Path(root)
     if not root.is_dir(): raise FileNotFoundError(f"{root}: dataset root not found")
     refs = []
@@ -47,11 +62,7 @@ def find_cases(root) -> list[CaseRef]:
             refs += [CaseRef(_case_id(c), _CATEGORIES[_norm(e.name)], c) for c in sorted(e.iterdir()) if _case_entry(c)]
         else: refs.append(CaseRef(_case_id(e), 'unknown', e))
     if not refs and any(f.is_file() for f in root.iterdir()): refs = [CaseRef(root.name, 'unknown', root)]
-    seen = {}
-    for r in refs:
-        if r.case_id in seen: raise ValueError(f"case id {r.case_id!r} twice: {seen[r.case_id]} and {r.path}")
-        seen[r.case_id] = r.path
-    return refs
+    return _drop_duplicate_ids(refs, skipped)
 
 # %% ../nbs/04_data.ipynb #7ed6f7f6
 @dataclass
@@ -246,42 +257,71 @@ def split_cases(cases: list, val_frac: float, test_frac: float, seed: int) -> di
     order = [cid for _, _, cid in sorted(keyed)]
     return dict(train=sorted(order[sum(want):]), val=sorted(order[want[0]:sum(want)]), test=sorted(order[:want[0]]))
 
+# %% ../nbs/04_data.ipynb #121f9a3c
+def _empty_file(path: Path) -> bool:
+    "Whether `path` is a 0-byte file (what a non-atomic write on a full disk left), which is then made anew."
+    if path.stat().st_size: return False
+    warnings.warn(f"{path}: empty (a write that did not finish); making the splits again")
+    return True
+
+def _read_splits(path: Path) -> dict:
+    "A saved split file; `ValueError` naming it when it is not one."
+    try: saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable split file ({e}); delete it to split anew") from None
+    if not isinstance(saved, dict) or any(not isinstance(saved.get(k), list) for k in ('train', 'val', 'test')):
+        raise ValueError(f"{path}: not a split file (needs train/val/test lists); delete it to split anew")
+    return saved
+
 # %% ../nbs/04_data.ipynb #8c09cf84
 def make_splits(cases: list, data_cfg: DataConfig, *, path=None) -> dict[str, list[str]]:
     "Splits from `path` (default `<cache_dir>/splits.json`) if saved, else made by `split_cases` and saved."
     path = Path(path or Path(data_cfg.cache_dir) / 'splits.json')
     ids = {c.case_id for c in cases}
-    if not path.exists():
+    if not path.exists() or _empty_file(path):
         sp = split_cases(cases, data_cfg.val_frac, data_cfg.test_frac, data_cfg.split_seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(dict(seed=data_cfg.split_seed, val_frac=data_cfg.val_frac, test_frac=data_cfg.test_frac, **sp), indent=1))
+        saved = dict(seed=data_cfg.split_seed, val_frac=data_cfg.val_frac, test_frac=data_cfg.test_frac, **sp)
+        atomic_write_text(path, json.dumps(saved, indent=1))
         return sp
-    saved = json.loads(path.read_text()); sp = {k: list(saved[k]) for k in ('train', 'val', 'test')}
+    saved = _read_splits(path); sp = {k: list(saved[k]) for k in ('train', 'val', 'test')}
     if (saved.get('seed'), saved.get('val_frac'), saved.get('test_frac')) != (data_cfg.split_seed, data_cfg.val_frac, data_cfg.test_frac):
         warnings.warn(f"{path}: saved splits (seed {saved.get('seed')}, val {saved.get('val_frac')}, test {saved.get('test_frac')}) differ from the config; using the saved ones")
     new = sorted(ids - {i for v in sp.values() for i in v})
     if new:
         warnings.warn(f"{path}: {len(new)} new case(s) {new[:5]} added to train"); sp['train'] = sorted(sp['train'] + new)
-        path.write_text(json.dumps({**saved, **sp}, indent=1))
+        atomic_write_text(path, json.dumps({**saved, **sp}, indent=1))
     if gone := sorted({i for v in sp.values() for i in v} - ids): warnings.warn(f"{path}: {len(gone)} case(s) in the split file not found: {gone[:5]}")
     return {k: [i for i in v if i in ids] for k, v in sp.items()}
 
 # %% ../nbs/04_data.ipynb #24cbb6b6
+CACHE_LOCK_WAIT = 3600      # s a training waits for a v2v-prepare of its cache to finish
+
+def _reason(e: BaseException) -> str:
+    "Why a case was skipped, on one line of at most 500 characters."
+    msg = ' '.join(f"{type(e).__name__}: {e}".split())
+    return msg if len(msg) <= 500 else msg[:500] + ' ...'
+
 def _prepare_one(ref: CaseRef, cache_dir, keep: bool = False, tilt: str = 'resample') -> tuple[dict, PairedCase | None]:
     "Decode and cache one case: (a row for the summary or the reason it was skipped, the case if `keep`)."
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
         try: c = load_case(ref, cache_dir, tilt=tilt)
-        except (DicomError, OSError, ValueError) as e:
-            return dict(case_id=ref.case_id, category=ref.category, path=str(ref.path), error=f"{type(e).__name__}: {e}"), None
+        except Exception as e:         # whatever one case does (bad zip, huge image, a bug it triggers), the rest go on
+            return dict(case_id=ref.case_id, category=ref.category, path=str(ref.path), error=_reason(e)), None
     return dict(case_id=c.case_id, category=c.category, path=str(ref.path), thick_slices=len(c.thick.z), thin_slices=len(c.thin.z),
                 thick_mm=round(c.thick.spacing[0], 3), thin_mm=round(c.thin.spacing[0], 3), pixel_mm=round(c.thin.spacing[1], 3),
                 size=list(c.thin.hu.shape[1:]), paired_mm=round(c.z_range[1] - c.z_range[0], 1), warnings=[str(x.message) for x in w]), (c if keep else None)
 
 def load_cases(refs: list[CaseRef], cache_dir=None, *, workers: int = 0, progress: bool = True,
                tilt: str = 'resample') -> tuple[list[dict], list[PairedCase]]:
-    "Decode/cache `refs` (process pool when `workers` > 1): (summary rows, loaded cases); `tilt` as `data.tilt`."
+    "Decode/cache `refs` (process pool when `workers` > 1; the cache locked meanwhile): (rows, cases); `tilt` as `data.tilt`."
     from tqdm.auto import tqdm
+    active = cache_dir is not None
+    with folder_lock(cache_dir or '.', 'process writing this cache', wait=CACHE_LOCK_WAIT, active=active):
+        return _load_cases(refs, cache_dir, workers, progress, tqdm, tilt)
+
+def _load_cases(refs, cache_dir, workers, progress, tqdm, tilt) -> tuple[list[dict], list[PairedCase]]:
+    "`load_cases` under the cache lock."
     if workers > 1 and len(refs) > 1 and cache_dir is not None:
         with ProcessPoolExecutor(min(workers, len(refs)), mp_context=multiprocessing.get_context('fork')) as ex:
             jobs = ex.map(_prepare_one, refs, [cache_dir] * len(refs), [False] * len(refs), [tilt] * len(refs))
@@ -305,16 +345,18 @@ def summary_table(rows: list[dict]) -> str:
 
 # %% ../nbs/04_data.ipynb #70501b83
 def prepare_dataset(root, cache_dir, *, workers: int | None = None, data_cfg: DataConfig | None = None, progress: bool = True) -> dict:
-    "Dataset root → validated cache, splits.json and summary.json; returns the summary (with a `table`)."
+    "Dataset root → validated cache, splits.json and summary.json (cache locked, files atomic); the summary."
     dc = replace(data_cfg or DataConfig(), root=str(root), cache_dir=str(cache_dir))
-    refs = find_cases(root)
-    workers = min(os.cpu_count() or 1, 8) if workers is None else workers
-    rows, cases = load_cases(refs, cache_dir, workers=workers, progress=progress)
-    splits = make_splits(cases, dc) if cases else dict(train=[], val=[], test=[])
-    summary = dict(root=str(root), cache_dir=str(cache_dir), cases=[r for r in rows if 'error' not in r],
-                   skipped=[r for r in rows if 'error' in r], splits=splits, table=summary_table(rows))
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cache_dir) / 'summary.json').write_text(json.dumps(summary, indent=1))
+    with folder_lock(cache_dir, 'v2v-prepare or training (on this cache)'):
+        dups = []
+        refs = find_cases(root, skipped=dups)
+        workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+        rows, cases = load_cases(refs, cache_dir, workers=workers, progress=progress)
+        rows += dups
+        splits = make_splits(cases, dc) if cases else dict(train=[], val=[], test=[])
+        summary = dict(root=str(root), cache_dir=str(cache_dir), cases=[r for r in rows if 'error' not in r],
+                       skipped=[r for r in rows if 'error' in r], splits=splits, table=summary_table(rows))
+        atomic_write_text(Path(cache_dir) / 'summary.json', json.dumps(summary, indent=1))
     return summary
 
 # %% ../nbs/04_data.ipynb #b768aff9

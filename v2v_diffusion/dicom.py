@@ -4,7 +4,7 @@
 
 # %% ../nbs/02_dicom.ipynb #55a58f55
 from __future__ import annotations
-import datetime, gc, io, os, re, stat, warnings, zipfile, zlib
+import datetime, gc, io, math, os, re, stat, warnings, zipfile, zlib
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,10 +20,12 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, gen
 from pydicom.valuerep import format_number_as_ds
 
 # %% auto #0
-__all__ = ['PATIENT_TAGS', 'DERIVATION', 'MAX_MEMBER_BYTES', 'MAX_ARCHIVE_BYTES', 'PADDING_HU', 'MAX_STEP_RATIO', 'TILT_CHOICES',
-           'read_zip_case', 'LPS_TO_RAS', 'Volume', 'DicomError', 'DicomWarning', 'dicom_series_bytes',
-           'write_dicom_series', 'iter_zip', 'parse_dicom', 'read_datasets', 'split_frames', 'slice_hu', 'stack_series',
-           'group_series', 'read_series', 'read_dicom_tree', 'pick_thick_thin', 'nifti_affine', 'write_nifti']
+__all__ = ['PATIENT_TAGS', 'DERIVATION', 'MAX_MEMBER_BYTES', 'MAX_ARCHIVE_BYTES', 'MAX_SLICE_PIXELS', 'MAX_SERIES_BYTES',
+           'PADDING_HU', 'MAX_STEP_RATIO', 'TILT_CHOICES', 'read_zip_case', 'LPS_TO_RAS', 'Volume', 'DicomError',
+           'DicomWarning', 'dicom_series_bytes', 'write_dicom_series', 'iter_zip', 'check_folder_size',
+           'check_deflated_size', 'parse_dicom', 'read_datasets', 'checked_shape', 'check_series_bytes', 'rescale_of',
+           'split_frames', 'slice_hu', 'stack_series', 'group_series', 'read_series', 'read_dicom_tree',
+           'pick_thick_thin', 'nifti_affine', 'write_nifti']
 
 # %% ../nbs/02_dicom.ipynb #b45e2331
 @dataclass(eq=False)
@@ -228,8 +230,8 @@ def write_dicom_series(vol: Volume, out_dir, *, reference_meta: dict | None = No
     return paths
 
 # %% ../nbs/02_dicom.ipynb #bb016d31
-MAX_MEMBER_BYTES = 512 << 20    # one DICOM file
-MAX_ARCHIVE_BYTES = 64 << 30    # all entries of one archive, uncompressed
+MAX_MEMBER_BYTES = int(os.environ.get('V2V_MAX_MEMBER_BYTES', 512 << 20))    # one DICOM file
+MAX_ARCHIVE_BYTES = int(os.environ.get('V2V_MAX_ARCHIVE_BYTES', 8 << 30))     # all files of one case (zip or folder)
 _SKIP_EXT = {'.txt', '.md', '.json', '.xml', '.csv', '.html', '.htm', '.pdf', '.jpg', '.jpeg', '.png', '.ini', '.log', '.py'}
 
 def _is_candidate(name: str) -> bool:
@@ -244,6 +246,8 @@ def _check_entry(zip_path, info: zipfile.ZipInfo, max_member_bytes: int):
         raise DicomError(f"{zip_path}: entry {info.filename!r} escapes the archive (zip-slip); refusing the archive")
     if stat.S_ISLNK(info.external_attr >> 16):
         raise DicomError(f"{zip_path}: entry {info.filename!r} is a symbolic link; refusing the archive")
+    if info.flag_bits & 0x1:
+        raise DicomError(f"{zip_path}: entry {info.filename!r} is encrypted (a password-protected zip)")
     if info.file_size > max_member_bytes:
         raise DicomError(f"{zip_path}: entry {info.filename!r} is {info.file_size} bytes (limit {max_member_bytes})")
 
@@ -272,16 +276,48 @@ def _iter_files(source):
         return
     p = Path(source)
     if p.is_dir():
-        for f in sorted(p.rglob('*')):
-            if f.is_file() and _is_candidate(f.name): yield str(f), str(f.relative_to(p)), f.read_bytes()
+        files = [f for f in sorted(p.rglob('*')) if f.is_file() and _is_candidate(f.name)]
+        check_folder_size(p, files)
+        for f in files: yield str(f), str(f.relative_to(p)), f.read_bytes()
     elif not p.is_file(): raise DicomError(f"{p}: no such file or folder")
     elif p.suffix.lower() == '.zip': yield from iter_zip(p)
     else: yield str(p), p.name, p.read_bytes()
+
+# %% ../nbs/02_dicom.ipynb #23d703e6
+def check_folder_size(folder: Path, files: list[Path]):
+    "A zip's caps for a folder: no file over `MAX_MEMBER_BYTES`, all together at most `MAX_ARCHIVE_BYTES`."
+    sizes = [f.stat().st_size for f in files]
+    if sizes and max(sizes) > MAX_MEMBER_BYTES:
+        big = files[sizes.index(max(sizes))]
+        raise DicomError(f"{big}: {max(sizes)} bytes (limit {MAX_MEMBER_BYTES}, V2V_MAX_MEMBER_BYTES)")
+    if sum(sizes) > MAX_ARCHIVE_BYTES:
+        raise DicomError(f"{folder}: {sum(sizes)} bytes of files (limit {MAX_ARCHIVE_BYTES}, V2V_MAX_ARCHIVE_BYTES)")
+
+# %% ../nbs/02_dicom.ipynb #442eb17c
+_DEFLATED = '1.2.840.10008.1.2.1.99'
+
+def _not_an_image(ds: Dataset) -> bool:
+    "Whether a dataset without pixel data is a whole non-image object (a DICOMDIR, a report) rather than a cut image."
+    meta = getattr(ds, 'file_meta', None)
+    sop = str(ds.get('SOPClassUID', '') or (meta.get('MediaStorageSOPClassUID', '') if meta is not None else ''))
+    return sop == '1.2.840.10008.1.3.10' or bool(sop and str(ds.get('Modality', '') or '') not in ('', 'CT'))
+
+def check_deflated_size(name: str, data: bytes):
+    "For a Deflated-transfer-syntax file, inflate with a bound first: `DicomError` if it grows past `MAX_MEMBER_BYTES`."
+    if data[128:132] != b'DICM' or _DEFLATED.encode() not in data[132:4096]: return
+    try: meta_len = int.from_bytes(data[140:144], 'little')          # (0002,0000) UL: the file meta group length
+    except ValueError: return
+    z = zlib.decompressobj(-zlib.MAX_WBITS)
+    try: out = z.decompress(data[144 + meta_len:], MAX_MEMBER_BYTES + 1)
+    except zlib.error as e: raise DicomError(f"{name}: corrupt deflated data ({e})") from None
+    if len(out) > MAX_MEMBER_BYTES:
+        raise DicomError(f"{name}: deflated data inflate to more than {MAX_MEMBER_BYTES} bytes (V2V_MAX_MEMBER_BYTES)")
 
 # %% ../nbs/02_dicom.ipynb #98381b2a
 def parse_dicom(name: str, data: bytes) -> Dataset | None:
     "One `dcmread` of `data`; `None` for a file that is not a DICOM image; `DicomError` naming `name` if unreadable."
     raw_start = data[:2] in (b'\x08\x00', b'\x02\x00')
+    check_deflated_size(name, data)
     try: ds = pydicom.dcmread(io.BytesIO(data), force=raw_start)
     except InvalidDicomError as e:
         if name.lower().endswith('.dcm'): raise DicomError(f"{name}: not a DICOM file ({e})") from None
@@ -289,7 +325,8 @@ def parse_dicom(name: str, data: bytes) -> Dataset | None:
     except Exception as e: raise DicomError(f"{name}: unreadable DICOM ({type(e).__name__}: {e})") from None
     if 'PixelData' not in ds:
         if 'Rows' in ds or len(ds) == 0: raise DicomError(f"{name}: image without pixel data (truncated file?)")
-        if ds.get('SOPClassUID', '') != '1.2.840.10008.1.3.10': _warn(f"{name}: no pixel data ({ds.get('Modality', '?')}), skipped")
+        if _not_an_image(ds): _warn(f"{name}: no pixel data ({ds.get('Modality', '?')}), skipped")
+        else: raise DicomError(f"{name}: no pixel data ({ds.get('Modality', '') or 'no Modality'}): truncated?")
         return None
     return ds
 
@@ -317,6 +354,37 @@ def _number(name: str, ds: Dataset, keyword: str, default: float) -> float:
     v = _text(ds, keyword)
     try: return float(v) if v else default
     except ValueError: raise DicomError(f"{name}: unreadable {keyword} {v!r}") from None
+
+# %% ../nbs/02_dicom.ipynb #9d959c6b
+MAX_SLICE_PIXELS = int(os.environ.get('V2V_MAX_SLICE_PIXELS', 8192 * 8192))       # one image, all its frames
+MAX_SERIES_BYTES = int(os.environ.get('V2V_MAX_SERIES_BYTES', 16 << 30))          # one decoded series
+
+def checked_shape(name: str, ds: Dataset) -> tuple[int, int]:
+    "(Rows, Columns) of an image, refused before decoding when zero, missing or over `MAX_SLICE_PIXELS` (× frames)."
+    rows, cols, frames = ds.get('Rows') or 0, ds.get('Columns') or 0, _number(name, ds, 'NumberOfFrames', 1)
+    if not (rows >= 1 and cols >= 1 and rows == int(rows) and cols == int(cols)):
+        raise DicomError(f"{name}: Rows x Columns = {rows:g} x {cols:g} is not an image")
+    if rows * cols * max(frames, 1) > MAX_SLICE_PIXELS:
+        raise DicomError(f"{name}: declares {int(rows)} x {int(cols)} pixels x {max(frames, 1):g} frame(s), over the "
+                         f"limit of {MAX_SLICE_PIXELS} (V2V_MAX_SLICE_PIXELS); refused before decoding")
+    return int(rows), int(cols)
+
+def check_series_bytes(name: str, n: int, shape: tuple, dtype):
+    "Refuse a series whose decoded volume (`n` slices of `shape`) would exceed `MAX_SERIES_BYTES`."
+    size = n * math.prod(shape) * np.dtype(dtype).itemsize
+    if size > MAX_SERIES_BYTES:
+        raise DicomError(f"{name}: {n} slices of {shape[0]} x {shape[1]} decode to {size} bytes, over the limit of "
+                         f"{MAX_SERIES_BYTES} (V2V_MAX_SERIES_BYTES)")
+
+def rescale_of(name: str, ds: Dataset) -> tuple[float, float]:
+    "(RescaleSlope, RescaleIntercept): finite, a non-zero slope, stored values mapping inside ±1e6 HU."
+    slope, icpt = _number(name, ds, 'RescaleSlope', 1), _number(name, ds, 'RescaleIntercept', 0)
+    if not (math.isfinite(slope) and math.isfinite(icpt)):
+        raise DicomError(f"{name}: RescaleSlope {slope} / RescaleIntercept {icpt} must be finite")
+    if slope == 0: raise DicomError(f"{name}: RescaleSlope is 0 (every pixel would be {icpt:g} HU)")
+    if abs(slope) * 2.0 ** int(ds.get('BitsStored', 16) or 16) + abs(icpt) > 1e6:
+        raise DicomError(f"{name}: RescaleSlope {slope:g} / RescaleIntercept {icpt:g} put pixels outside ±1e6 HU")
+    return slope, icpt
 
 # %% ../nbs/02_dicom.ipynb #a1b042c1
 _FUNCTIONAL_GROUPS = {'ImagePositionPatient': 'PlanePositionSequence',
@@ -372,12 +440,14 @@ def _stored_pixels(name: str, ds: Dataset) -> np.ndarray:
     if (fr := getattr(ds, '_v2v_frame', None)) is not None: return fr[0][fr[1]]
     if _number(name, ds, 'NumberOfFrames', 1) != 1:
         raise DicomError(f"{name}: multi-frame images without functional groups are not supported")
-    rows, cols, ts = int(ds.Rows), int(ds.Columns), ds.file_meta.get('TransferSyntaxUID', ExplicitVRLittleEndian)
+    (rows, cols), ts = checked_shape(name, ds), ds.file_meta.get('TransferSyntaxUID', ExplicitVRLittleEndian)
     signed, bits = int(ds.get('PixelRepresentation', 0)), int(ds.get('BitsAllocated', 16))
     if (not ts.is_compressed and ts.is_little_endian and bits == 16 and int(ds.get('SamplesPerPixel', 1)) == 1
             and (not signed or int(ds.get('BitsStored', 16)) == 16)):
         pd = ds.PixelData
         if len(pd) < rows * cols * 2: raise DicomError(f"{name}: truncated pixel data ({len(pd)} of {rows * cols * 2} bytes)")
+        if len(pd) > rows * cols * 2 + 1:
+            raise DicomError(f"{name}: {len(pd)} bytes of pixel data for Rows x Columns = {rows} x {cols}")
         return np.frombuffer(pd, '<i2' if signed else '<u2', count=rows * cols).reshape(rows, cols)
     try: return pydicom.pixels.pixel_array(ds)         # not ds.pixel_array: no cached copy, no pixel-id checks (~0.3 ms)
     except Exception as e: raise DicomError(f"{name}: cannot decode pixels ({type(e).__name__}: {e})") from None
@@ -396,7 +466,7 @@ def slice_hu(name: str, ds: Dataset, out: np.ndarray | None = None) -> np.ndarra
     a = _stored_pixels(name, ds)
     if out is not None and out.shape != a.shape: raise DicomError(f"{name}: {a.shape[0]}x{a.shape[1]} pixels, expected {out.shape[0]}x{out.shape[1]}")
     out = np.empty(a.shape, np.float32) if out is None else out
-    slope, icpt = _number(name, ds, 'RescaleSlope', 1) or 1, _number(name, ds, 'RescaleIntercept', 0)
+    slope, icpt = rescale_of(name, ds)
     if out.dtype.kind == 'i' and slope == 1 and icpt == int(icpt) and abs(icpt) < 2**15:   # exact integer path, no float round trip
         np.copyto(out, a, casting='unsafe'); out += out.dtype.type(icpt)
     elif out.dtype.kind == 'i': np.rint(a * np.float32(slope) + np.float32(icpt), out=out, casting='unsafe')
@@ -418,6 +488,7 @@ def _geometry(name: str, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarra
         except ValueError: raise DicomError(f"{name}: unreadable {tag} {v!r}") from None
         if a.shape != (n,) or not np.isfinite(a).all(): raise DicomError(f"{name}: {tag} must hold {n} numbers, got {v!r}")
         out.append(a)
+    if (out[2] <= 0).any(): raise DicomError(f"{name}: PixelSpacing {out[2].tolist()} must be > 0")
     return tuple(out)
 
 # %% ../nbs/02_dicom.ipynb #04046c7b
@@ -548,7 +619,9 @@ def stack_series(items: list, *, modalities=('CT',), dtype=np.float32, tilt: str
     names = [n for n, _, _ in items]
     uneven = _check_steps(names, z, series)
     drift = _check_track(names, z, pos, np.cross(iop[:3], iop[3:]), min(dy, dx), series, tilt)
-    hu = np.empty((len(items), int(items[0][2].Rows), int(items[0][2].Columns)), dtype)
+    shape0 = checked_shape(names[0], items[0][2])
+    check_series_bytes(names[0], len(items), shape0, dtype)
+    hu = np.empty((len(items), *shape0), dtype)
     for k, (name, _, ds) in enumerate(items): slice_hu(name, ds, hu[k])
     meta = _series_meta(items, items[0][2], z)
     if drift is not None: hu = _deshear(hu, drift, iop, dy, dx)

@@ -4,7 +4,8 @@
 
 # %% ../nbs/10_train.ipynb #b1198e60
 from __future__ import annotations
-import argparse, contextlib, copy, itertools, json, logging, math, os, random, signal, sys, time, warnings
+import argparse, contextlib, copy, functools, itertools, json, logging, math, os, random, signal, sys, time, warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,6 +20,8 @@ from tqdm import tqdm
 from .config import Config, TrainConfig, get_config, load_config, validate_config, save_config, config_to_dict
 from .checkpoint import (save_checkpoint, load_checkpoint, resolve_resume, latest_checkpoint, list_checkpoints,
                                       stage_suffix, rng_state, set_rng_state, code_version, state_of, atomic_save, CheckpointError)
+from .checkpoint import (NonFiniteError, RunError, nonfinite_tensors, current_run_id, open_run, folder_lock,
+                                      atomic_write_text)
 from .metrics import psnr, ssim, ms_ssim, interpolate_clip
 from .data import build_dataloaders
 from .vae import VAE, measure_scaling_factor
@@ -27,15 +30,17 @@ from .formulation import (encode, decode, model_condition, model_target, build_u
                                        predict_latents, clip_output)
 
 # %% auto #0
-__all__ = ['logger', 'STAGES', 'Dist', 'setup_distributed', 'seed_everything', 'amp_setup', 'get_lr', 'lr_schedule',
-           'make_optimizer', 'set_lr', 'train_step', 'ema_decay_at', 'ema_update', 'ResumableSampler',
-           'resumable_loader', 'batches', 'RunLog', 'progress', 'bar_postfix', 'broadcast_float', 'any_rank', 'barrier',
-           'preemption_guard', 'clip_metrics', 'compare_metrics', 'val_figure', 'RunState', 'Stage', 'make_checkpoint',
-           'restore', 'save_now', 'validate_and_log', 'after_step', 'fit', 'stage_summary', 'Data', 'fixed_val_batch',
-           'load_data', 'recon_loss', 'VAELoss', 'validate_vae', 'vae_stage', 'DiffusionLoss', 'RegressionLoss',
-           'LatentDataset', 'cache_latents', 'validate_latent', 'find_vae_checkpoint', 'frozen_vae',
-           'training_latents_scale', 'latent_stage', 'diffusion_loader', 'resume_for', 'train_stage', 'train',
-           'make_config', 'train_parser', 'train_main', 'read_metrics', 'plot_history', 'show_val_figures']
+__all__ = ['logger', 'MAX_NONFINITE_STEPS', 'MAX_NONFINITE_STEPS_UNSCALED', 'STAGES', 'Dist', 'setup_distributed',
+           'seed_everything', 'amp_setup', 'get_lr', 'lr_schedule', 'make_optimizer', 'set_lr', 'step_is_finite',
+           'count_nonfinite', 'train_step', 'ema_decay_at', 'ema_update', 'ResumableSampler', 'resumable_loader',
+           'batches', 'RunLog', 'progress', 'bar_postfix', 'broadcast_float', 'any_rank', 'barrier', 'preemption_guard',
+           'clip_metrics', 'compare_metrics', 'val_figure', 'RunState', 'Stage', 'make_checkpoint', 'restore',
+           'save_now', 'validate_and_log', 'after_step', 'fit', 'stage_summary', 'Data', 'fixed_val_batch', 'load_data',
+           'recon_loss', 'VAELoss', 'validate_vae', 'vae_stage', 'DiffusionLoss', 'RegressionLoss', 'LatentDataset',
+           'cache_latents', 'validate_latent', 'find_vae_checkpoint', 'frozen_vae', 'training_latents_scale',
+           'latent_stage', 'diffusion_loader', 'trim_metrics', 'checked_resume', 'resume_for', 'train_stage',
+           'claimed_run', 'train', 'make_config', 'train_parser', 'train_main', 'read_metrics', 'plot_history',
+           'show_val_figures']
 
 # %% ../nbs/10_train.ipynb #17d23517
 logger = logging.getLogger('v2v_diffusion.train')
@@ -103,9 +108,31 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> float:
     for g in opt.param_groups: g['lr'] = lr
     return lr
 
+# %% ../nbs/10_train.ipynb #75adab0d
+MAX_NONFINITE_STEPS = 25     # skipped (NaN/inf) optimizer steps in a row before training stops, under fp16 loss scaling
+MAX_NONFINITE_STEPS_UNSCALED = 5    # the same in fp32/bf16, where a NaN is never a loss-scale overflow
+_NONFINITE = weakref.WeakKeyDictionary()     # optimizer -> its current run of non-finite steps
+
+def step_is_finite(loss: float, grad_norm: torch.Tensor) -> bool:
+    "Whether the loss and the gradient norm are finite (on every rank under DDP, so that all ranks skip together)."
+    loss_ok = torch.tensor([math.isfinite(loss)], device=grad_norm.device)
+    flag = (torch.isfinite(grad_norm.detach().float().reshape(1)) & loss_ok).float()
+    if dist.is_available() and dist.is_initialized(): dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+def count_nonfinite(opt, finite: bool, loss: float, grad_norm: float, t: TrainConfig, limit: int) -> int:
+    "Non-finite steps of `opt` in a row so far; `NonFiniteError` once they reach `limit`."
+    n = 0 if finite else _NONFINITE.get(opt, 0) + 1
+    _NONFINITE[opt] = n
+    if n >= limit:
+        raise NonFiniteError(f"training diverged: {n} optimizer steps in a row had a non-finite loss or gradient "
+                             f"(last loss {loss:.4g}, gradient norm {grad_norm:.4g}) and were skipped; lower train.lr "
+                             f"(now {t.lr:g}) or check the data; the last checkpoint holds the last finite weights")
+    return n
+
 # %% ../nbs/10_train.ipynb #649c7f5a
 def train_step(loss_module: nn.Module, data, opt, scaler, ctx, t: TrainConfig) -> tuple[float, dict]:
-    "One optimizer step over `t.grad_accum` micro-batches from `data`; returns (mean loss, logs)."
+    "One optimizer step over `t.grad_accum` micro-batches from `data` (skipped when non-finite); (mean loss, logs)."
     total, logs = 0.0, {}
     for micro in range(t.grad_accum):
         loss_module.require_backward_grad_sync = micro == t.grad_accum - 1
@@ -114,8 +141,12 @@ def train_step(loss_module: nn.Module, data, opt, scaler, ctx, t: TrainConfig) -
         total += loss.item() / t.grad_accum
     scaler.unscale_(opt)
     grad_norm = torch.nn.utils.clip_grad_norm_(loss_module.parameters(), t.max_grad_norm)
-    scaler.step(opt); scaler.update(); opt.zero_grad(set_to_none=True)
-    return total, {**logs, 'grad_norm': grad_norm.item()}
+    finite = step_is_finite(total, grad_norm)
+    if finite: scaler.step(opt)          # a NaN/inf step is skipped, as GradScaler skips an fp16 overflow
+    scaler.update(); opt.zero_grad(set_to_none=True)
+    limit = MAX_NONFINITE_STEPS if scaler.is_enabled() else MAX_NONFINITE_STEPS_UNSCALED
+    count_nonfinite(opt, finite, total, grad_norm.item(), t, limit)
+    return total, {**logs, 'grad_norm': grad_norm.item(), 'skipped': float(not finite)}
 
 # %% ../nbs/10_train.ipynb #772c228f
 def ema_decay_at(step: int, decay: float) -> float:
@@ -303,9 +334,13 @@ def restore(ckpt: dict, run: RunState, opt, scaler, d: Dist, seed: int):
 
 # %% ../nbs/10_train.ipynb #8ca8e65c
 def save_now(stage: Stage, cfg: Config, run: RunState, opt, scaler, d: Dist, is_best: bool):
-    "Build the checkpoint on every rank, write it on rank 0; remember the paths."
+    "Build the checkpoint on every rank (`NonFiniteError` for NaN/inf weights), write it with the run id on rank 0."
     ckpt, t = make_checkpoint(stage, cfg, run, opt, scaler, d), cfg.train
+    if bad := nonfinite_tensors(ckpt['models']):
+        raise NonFiniteError(f"{stage.name} step {run.step}: NaN/inf weights ({', '.join(bad[:3])}), not saved: "
+                             f"lower train.lr (now {t.lr:g}) or check the data; the last checkpoint is kept")
     if d.is_main:
+        ckpt['run_id'] = current_run_id(t.output_dir)
         paths = save_checkpoint(ckpt, Path(t.output_dir) / 'checkpoints', suffix=stage_suffix(stage.name, t.suffix),
                                 keep_last=t.keep_last, is_best=is_best)
         run.paths.update({k: str(v) for k, v in paths.items()})
@@ -520,16 +555,48 @@ def diffusion_loader(stage: Stage, cfg: Config, data: Data, d: Dist) -> DataLoad
     barrier(d)
     return DataLoader(LatentDataset(path), batch_size=data.train.batch_size, num_workers=0)
 
+# %% ../nbs/10_train.ipynb #bdc6d7e4
+_STEP_BUDGET = {'vae': 'vae_max_steps', 'diffusion': 'max_steps'}
+
+def _logged_after(line: str, stage: str, step: int) -> bool:
+    "Whether a metrics.jsonl line is of `stage` after `step`, or unreadable (cut short by a kill)."
+    try: r = json.loads(line)
+    except ValueError: return True
+    return not isinstance(r, dict) or (r.get('stage') == stage and r.get('step', 0) > step)
+
+def trim_metrics(out, stage: str, step: int) -> int:
+    "Drop the lines of `<out>/metrics.jsonl` logged for `stage` after `step` (atomically); how many were dropped."
+    p = Path(out) / 'metrics.jsonl'
+    if not p.is_file(): return 0
+    lines = p.read_text().splitlines(keepends=True)
+    keep = [l for l in lines if l.strip() and not _logged_after(l, stage, step)]
+    if len(keep) < len(lines): atomic_write_text(p, ''.join(keep))
+    return len(lines) - len(keep)
+
+def checked_resume(name: str, ckpt: dict | None, cfg: Config) -> dict | None:
+    "`ckpt` if stage `name` may resume from it (else `RunError`); on rank 0, drop the metrics logged after its step."
+    t, suffix = cfg.train, stage_suffix(name, cfg.train.suffix)
+    if ckpt is None and t.resume == 'none' and list_checkpoints(Path(t.output_dir) / 'checkpoints', suffix):
+        raise RunError(f"{t.output_dir}: train.resume=none, but the folder has {name} checkpoints: two trainings would "
+                       "mix; use another output folder, --force-new, or train.resume=auto")
+    budget = getattr(t, _STEP_BUDGET.get(name, ''), None)
+    if ckpt is not None and budget is not None and ckpt['step'] > budget:
+        key = _STEP_BUDGET[name]
+        raise RunError(f"{t.output_dir}: the {name} checkpoint is at step {ckpt['step']}, past train.{key}={budget}: "
+                       "it is another training; use another output folder or --force-new")
+    if int(os.environ.get('RANK', 0)) == 0: trim_metrics(t.output_dir, name, ckpt['step'] if ckpt else 0)
+    return ckpt
+
 # %% ../nbs/10_train.ipynb #ffdf726e
 def resume_for(name: str, cfg: Config) -> tuple[dict | None, dict | None]:
     "(checkpoint to resume stage `name` from, explicit stage-1 checkpoint for stage 2) as `train.resume` says."
-    t = cfg.train; ckdir = Path(t.output_dir) / 'checkpoints'
-    path = resolve_resume(t.resume, ckdir, stage_suffix(name, t.suffix))
+    t = cfg.train; ckdir = Path(t.output_dir) / 'checkpoints'; rid = current_run_id(t.output_dir)
+    path = resolve_resume(t.resume, ckdir, stage_suffix(name, t.suffix), rid)
     ckpt = load_checkpoint(path) if path else None
-    if ckpt is None or ckpt['stage'] == name: return ckpt, None
+    if ckpt is None or ckpt['stage'] == name: return checked_resume(name, ckpt, cfg), None
     vae_ckpt = ckpt if ckpt['stage'] == 'vae' and name == t.stage != 'vae' else None
-    path = resolve_resume('auto', ckdir, stage_suffix(name, t.suffix))     # a file of the other stage: ours decide
-    return (load_checkpoint(path) if path else None), vae_ckpt
+    path = resolve_resume('auto', ckdir, stage_suffix(name, t.suffix), rid)     # a file of the other stage: ours decide
+    return checked_resume(name, load_checkpoint(path) if path else None, cfg), vae_ckpt
 
 def train_stage(name: str, cfg: Config, data: Data, d: Dist, rl: RunLog) -> dict:
     "Build stage `name` (resuming when there is something to resume) and `fit` it."
@@ -541,9 +608,22 @@ def train_stage(name: str, cfg: Config, data: Data, d: Dist, rl: RunLog) -> dict
     stage = latent_stage(name, cfg, data, d, ckpt, vae_ckpt)
     return fit(stage, cfg, diffusion_loader(stage, cfg, data, d), d, rl, ckpt)
 
+# %% ../nbs/10_train.ipynb #dc03491f
+def claimed_run(train_fn: Callable) -> Callable:
+    "Decorate `train`: hold the output folder's lock (rank 0) and check its run identity (`open_run`) around it."
+    @functools.wraps(train_fn)
+    def run(cfg: Config, *, force_new: bool = False) -> dict:
+        d, out = setup_distributed(), cfg.train.output_dir
+        with folder_lock(out, 'v2v-train', active=d.is_main):
+            if d.is_main: open_run(out, cfg, force_new=force_new)
+            barrier(d)
+            return train_fn(cfg)
+    return run
+
 # %% ../nbs/10_train.ipynb #a7b49b2e
 STAGES = {'both': ['vae', 'diffusion'], 'all': ['vae', 'diffusion', 'regression']}
 
+@claimed_run
 def train(cfg: Config) -> dict:
     "Train the stages `cfg.train.stage` names (`vae`, `diffusion`, `regression`, `both`, `all`): steps, metrics, paths."
     d, t = setup_distributed(), cfg.train
@@ -583,6 +663,8 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument('--stage', choices=['vae', 'diffusion', 'regression', 'both', 'all'])
     p.add_argument('--max-steps', type=int, help='optimizer steps of each stage')
     p.add_argument('--resume', help="auto | none | PATH (default: the config's train.resume)")
+    p.add_argument('--force-new', action='store_true',
+                   help='start a new run in a used output folder (the old one moves to previous/)')
     return p
 
 def train_main(argv=None):
@@ -591,7 +673,7 @@ def train_main(argv=None):
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
     cfg = make_config(a.preset, a.set, config=a.config, data_root=a.data_root, output_dir=a.output_dir,
                       stage=a.stage, max_steps=a.max_steps, resume=a.resume)
-    summary = train(cfg)
+    summary = train(cfg, force_new=a.force_new)
     if int(os.environ.get('RANK', 0)) == 0: print(json.dumps(summary, indent=1, default=str))
     if dist.is_initialized(): dist.destroy_process_group()
     if summary['preempted']: raise SystemExit(143)        # 128 + SIGTERM: the job controller restarts and we resume
