@@ -8,9 +8,20 @@ import argparse, importlib, json, sys, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['prepare_script', 'train_script', 'infer_script', 'eval_script', 'phantom_script', 'bench_script', 'demo_script',
-           'prepare_main', 'train_main', 'phantom_main', 'bench_main', 'infer_parser', 'infer_main', 'eval_parser',
-           'eval_main', 'demo_main']
+__all__ = ['CPU_PRESET_HINT', 'prepare_script', 'train_script', 'infer_script', 'eval_script', 'phantom_script', 'bench_script',
+           'demo_script', 'cpu_preset_hint', 'prepare_main', 'train_main', 'phantom_main', 'bench_main', 'infer_parser',
+           'infer_main', 'eval_parser', 'eval_main', 'demo_main']
+
+# %% ../nbs/13_cli.ipynb #64726666
+CPU_PRESET_HINT = ("v2v-train: no GPU here and no --preset or --config, so the seed-size default preset trains on the CPU: "
+                   "minutes per step before the first progress line. For a quick CPU run use --preset tiny "
+                   "(v2v-demo trains it end to end in minutes).")
+
+def cpu_preset_hint(argv) -> str | None:
+    "The hint `v2v-train` prints for `argv` when it would train the default preset without a GPU; None otherwise."
+    if any(a.split('=')[0] in ('--preset', '--config', '-h', '--help') for a in argv): return None
+    import torch
+    return None if torch.cuda.is_available() else CPU_PRESET_HINT
 
 # %% ../nbs/13_cli.ipynb #097f8854
 def _delegate(module: str, name: str, argv, prog: str):
@@ -24,7 +35,8 @@ def prepare_main(argv=None):
     return _delegate('data', 'prepare_main', argv, 'v2v-prepare')
 
 def train_main(argv=None):
-    "`v2v-train ...` (train.train_main)."
+    "`v2v-train ...` (train.train_main); without a GPU and without `--preset`/`--config`, first a hint to use `--preset tiny`."
+    if (hint := cpu_preset_hint(sys.argv[1:] if argv is None else argv)): print(hint, file=sys.stderr, flush=True)
     return _delegate('train', 'train_main', argv, 'v2v-train')
 
 def phantom_main(argv=None):
@@ -132,8 +144,10 @@ def demo_main(argv=None) -> dict:
 
 # %% ../nbs/13_cli.ipynb #3aec4e78
 def _console(main):
-    "A console-script entry for `main`: runs it (on `sys.argv` by default) and returns 0, unless `main` exits itself."
+    "A console-script entry for `main`: sets torch's threads (`runtime.set_torch_threads`), runs `main`, returns 0."
     def entry(argv=None) -> int:
+        from v2v_diffusion.runtime import set_torch_threads
+        set_torch_threads()
         main(argv)
         return 0
     entry.__name__ = entry.__qualname__ = main.__name__.replace('_main', '_script')
