@@ -480,6 +480,7 @@ def test_nbconvert_and_tensorboard_flags():
             for f in _flags(argv[2:]):
                 assert f.lstrip('-') in NbConvertApp.aliases or f.lstrip('-') in NbConvertApp.flags, f"{where}: {f}"
             assert argv[argv.index('--to') + 1] == 'html'
+            assert argv[argv.index('--config') + 1] == f'{IMAGE_DIR}/k8s/bin/static_html.py', f"{where}: static HTML, no CDN"
             n += 1
         if argv[0] == 'tensorboard':
             program.TensorBoard().configure(argv=argv)            # argparse: SystemExit on an unknown flag

@@ -5,7 +5,7 @@ and read back by `checkpoint.load_pipeline` inside the notebooks: this checks th
 (parameters, checkpoint loading, case loading, VAE reconstruction, DDIM sampling over several seeds, the viewer's
 static fallback, the files written), not image quality — training a model is out of a test's budget.
 """
-import base64, json, os
+import base64, json, os, re, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
@@ -62,6 +62,17 @@ def test_compare_reconstructions(tiny_checkpoint, tmp_path, monkeypatch):
     nb = run_notebook('21_compare_reconstructions.ipynb', tmp_path, monkeypatch, checkpoint=str(tiny_checkpoint),
                       data_root=str(DATA), case_id='phantom_001', output_dir=str(tmp_path / 'viewer'))
     check_common(nb, tmp_path / 'viewer', 'phantom_001_reconstruction', n_rows=2)
+    static_html_shows_the_figures(tmp_path / 'out_21_compare_reconstructions.ipynb')
+
+
+def static_html_shows_the_figures(executed: Path):
+    "The visualization Job's HTML export (k8s/bin/static_html.py) shows the viewer's PNG, with no widget to fetch."
+    subprocess.run([sys.executable, '-m', 'jupyter', 'nbconvert', '--config', str(ROOT / 'k8s/bin/static_html.py'), '--to', 'html',
+                    str(executed)], check=True, capture_output=True)
+    page = executed.with_suffix('.html').read_text()
+    pngs = re.findall(r'<img[^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert pngs and max(len(base64.b64decode(p)) for p in pngs) > 10_000, 'the viewer figure is in the page'
+    assert 'widget-view+json' not in page and 'widget-state+json' not in page and 'html-manager' not in page
 
 
 def test_compare_samples(tiny_checkpoint, tmp_path, monkeypatch):
