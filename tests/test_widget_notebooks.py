@@ -81,4 +81,7 @@ def test_compare_samples(tiny_checkpoint, tmp_path, monkeypatch):
     check_common(nb, tmp_path / 'viewer', 'phantom_002_samples', n_rows=5)   # thick, 2 seeds, linear, cubic
     table = (tmp_path / 'viewer' / 'phantom_002_samples.md').read_text()
     assert 'generated (seed 3)' in table and 'generated (seed 4)' in table and 'cubic interpolation' in table
+    seeds = [m for m in map(''.join, outputs(nb, 'text/markdown')) if 'to generated (seed 3)' in m]
+    assert seeds and 'generated (seed 4)' in seeds[0], 'the table of differences between seeds is shown'
+    assert float(seeds[0].splitlines()[-1].split('|')[2]) > 0, 'two seeds, two different samples'
 

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import base64, html, io, json, os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage, ImageDraw
@@ -19,13 +19,14 @@ from matplotlib.figure import Figure
 from .windowing import WINDOWS, Window, as_window, hu_to_unit
 
 # %% auto #0
-__all__ = ['ORIENTATIONS', 'AXIS_NAMES', 'LPS_LETTERS', 'SIDES', 'DIFF_CMAP', 'METRIC_LABELS', 'LETTER_AT', 'UNTRAINED',
-           'DEMO_RUN', 'ViewVolume', 'as_view_volume', 'nearest_index', 'slider_positions', 'extract_slice',
-           'pixel_aspect', 'direction_letter', 'orientation_letters', 'window_to_uint8', 'difference_map',
-           'diff_to_rgb', 'to_png', 'from_png', 'one_torch_thread', 'slice_metrics', 'plane_metrics', 'MetricPlot',
-           'metric_plot', 'colorbar_png', 'SliceViewer', 'open_pipeline', 'describe_pipeline', 'project_root',
-           'project_path', 'has_diffusion_checkpoint', 'resolve_checkpoint', 'resolve_case', 'open_case',
-           'at_model_resolution', 'reconstruct_volume', 'reconstruction_viewer', 'samples_viewer', 'metrics_table']
+__all__ = ['IDENTITY', 'ORIENTATIONS', 'AXIS_NAMES', 'LPS_LETTERS', 'SIDES', 'DIFF_CMAP', 'METRIC_LABELS', 'LETTER_AT',
+           'UNTRAINED', 'DEMO_RUN', 'ViewVolume', 'with_geometry', 'as_view_volume', 'nearest_index',
+           'slider_positions', 'extract_slice', 'pixel_aspect', 'direction_letter', 'orientation_letters',
+           'window_to_uint8', 'difference_map', 'diff_to_rgb', 'to_png', 'from_png', 'one_torch_thread',
+           'slice_metrics', 'plane_metrics', 'MetricPlot', 'metric_plot', 'colorbar_png', 'SliceViewer',
+           'open_pipeline', 'describe_pipeline', 'project_root', 'project_path', 'has_diffusion_checkpoint',
+           'resolve_checkpoint', 'resolve_case', 'open_case', 'at_model_resolution', 'reconstruct_volume',
+           'reconstruction_viewer', 'samples_viewer', 'seed_table', 'metrics_table']
 
 # %% ../nbs/12_viewer.ipynb #00575221
 @dataclass
@@ -34,15 +35,23 @@ class ViewVolume:
     hu: np.ndarray
     z: np.ndarray
     spacing: tuple = (1.0, 1.0, 1.0)
-    origin: tuple = (0.0, 0.0, 0.0)                   # patient x, y, z (LPS, mm) of voxel (0, 0, 0)
-    orientation: tuple = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)   # direction cosines of a row, then of a column (LPS)
+    origin: tuple | None = None          # patient x, y, z (LPS, mm) of voxel (0, 0, 0); None: unknown
+    orientation: tuple | None = None     # direction cosines of a row, then of a column (LPS); None: unknown (axial)
     def __post_init__(self):
         self.hu, self.z = np.asarray(self.hu, np.float32), np.asarray(self.z, np.float64)
         self.spacing = tuple(float(s) for s in self.spacing)
-        self.origin, self.orientation = tuple(map(float, self.origin)), tuple(map(float, self.orientation))
+        if self.origin is not None: self.origin = tuple(map(float, self.origin))
+        if self.orientation is not None: self.orientation = tuple(map(float, self.orientation))
         if self.hu.ndim != 3: raise ValueError(f"ViewVolume needs hu of shape (Z, Y, X), got {self.hu.shape}")
         if len(self.z) != len(self.hu): raise ValueError(f"{len(self.hu)} slices but {len(self.z)} z positions")
         if np.any(np.diff(self.z) <= 0): raise ValueError("z positions must be strictly ascending")
+
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)      # rows along +x (to the patient's left), columns along +y (posterior)
+
+def with_geometry(vol: ViewVolume, like: ViewVolume) -> ViewVolume:
+    "`vol` with the patient origin and orientation of `like` when it has none of its own and the same in-plane shape."
+    if vol.origin is not None or like.origin is None or vol.hu.shape[1:] != like.hu.shape[1:]: return vol
+    return replace(vol, origin=like.origin, orientation=like.orientation)
 
 def as_view_volume(v) -> ViewVolume:
     "A `ViewVolume` from a `dicom.Volume` (anything with `.hu`, `.z`, `.spacing`), a `(hu, z[, spacing])` tuple or a bare array (1 mm slices)."
@@ -72,9 +81,10 @@ def slider_positions(vol: ViewVolume, orientation: str = 'axial') -> np.ndarray:
     _check_orientation(orientation)
     if orientation == 'axial': return vol.z
     ax = 1 if orientation == 'coronal' else 2
-    d = np.asarray(vol.orientation[3:] if ax == 1 else vol.orientation[:3])    # rows step along the column direction
+    cosines, origin = vol.orientation or IDENTITY, vol.origin or (0.0, 0.0, 0.0)
+    d = np.asarray(cosines[3:] if ax == 1 else cosines[:3])                  # rows step along the column direction
     i = int(np.abs(d).argmax())
-    return vol.origin[i] + np.arange(vol.hu.shape[ax]) * vol.spacing[ax] * d[i]
+    return origin[i] + np.arange(vol.hu.shape[ax]) * vol.spacing[ax] * d[i]
 
 # %% ../nbs/12_viewer.ipynb #33d246f1
 def extract_slice(vol: ViewVolume, pos: float, orientation: str = 'axial', z_grid=None) -> np.ndarray:
@@ -104,7 +114,8 @@ def direction_letter(d) -> str:
 def orientation_letters(vol: ViewVolume, orientation: str = 'axial') -> dict:
     "The patient side at each edge of a displayed plane: {'top', 'left', 'right', 'bottom'} → letter."
     _check_orientation(orientation)
-    row, col = np.asarray(vol.orientation[:3]), np.asarray(vol.orientation[3:])
+    cosines = vol.orientation or IDENTITY
+    row, col = np.asarray(cosines[:3]), np.asarray(cosines[3:])
     across = col if orientation == 'sagittal' else row          # what grows to the right of the screen
     up = -col if orientation == 'axial' else np.cross(row, col)  # coronal/sagittal: z (the slice normal) up
     return dict(top=direction_letter(up), left=direction_letter(-across), right=direction_letter(across),
@@ -259,6 +270,7 @@ class _ViewerControls:
         self.center = W.FloatText(value=window.center, description='center', step=10, layout=L(width='150px'))
         self.width = W.BoundedFloatText(value=window.width, min=1, max=10000, step=10, description='width', layout=L(width='150px'))
         self.diff = W.ToggleButton(value=False, description='difference', tooltip='signed difference to the reference, in HU')
+        self.compare = W.Dropdown(description='compare with', layout=L(width='300px'))
         self.diff_range = W.BoundedFloatText(value=diff_limit, min=1, max=5000, step=10, description='± HU', layout=L(width='150px'))
         self.metric = W.Dropdown(options=list(METRIC_LABELS), description='metric', layout=L(width='160px'))
         self.export_path = W.Text(value='viewer.png', description='PNG file', layout=L(width='320px'))
@@ -270,7 +282,7 @@ class _ViewerControls:
         self.colorbar, self.plot = W.Image(format='png', layout=L(display='none')), W.Image(format='png')
         panels = [self._panel(n) for n in self.volumes]
         self.widget = W.VBox([self.title, W.HBox([self.orientation, self.preset, self.center, self.width]),
-                              W.HBox([self.play, self.slider, self.diff, self.diff_range]),
+                              W.HBox([self.play, self.slider, self.diff, self.diff_range, self.compare]),
                               W.HBox([*panels, self.colorbar], layout=L(flex_flow='row wrap')),
                               W.HBox([self.metric, self.plot]), W.HBox([self.export_path, self.export_button, self.status])])
     def _panel(self, name: str):
@@ -287,7 +299,7 @@ class _ViewerWiring:
     def _wire(self):
         self.slider.observe(self._on_slider, 'value'); self.play.observe(self._on_play, 'value')
         self.orientation.observe(lambda _: self._set_orientation(), 'value')
-        self.preset.observe(self._on_preset, 'value')
+        self.preset.observe(self._on_preset, 'value'); self.compare.observe(self._on_compare, 'value')
         for w in (self.center, self.width): w.observe(self._on_window, 'value')
         for w in (self.diff, self.diff_range, self.metric): w.observe(lambda _: self.render(), 'value')
         self.export_button.on_click(self._on_export)
@@ -308,6 +320,11 @@ class _ViewerWiring:
     def _on_preset(self, change):
         if self._suspend or change.new == 'custom': return
         with self._hold(): self.center.value, self.width.value = WINDOWS[change.new].center, WINDOWS[change.new].width
+    def _on_compare(self, change):
+        "A new reference for differences and metrics: cached metrics and plots are for the old one."
+        if self._suspend or change.new is None: return
+        self.reference, self._metrics, self._plots = change.new, {}, {}
+        self.render()
     def _on_window(self, change):
         if self._suspend: return
         with self._hold(): self.preset.value = next((k for k, w in WINDOWS.items() if w == self.window), 'custom')
@@ -419,10 +436,12 @@ class SliceViewer(_ViewerData, _ViewerControls, _ViewerWiring, _ViewerPlot, _Vie
         _check_orientation(orientation)
         self.reference, self.metric_window, self.show_metrics, self.title_text = reference, metric_window, metrics, title
         self.grid = self.volumes[reference] if reference else max(self.volumes.values(), key=lambda v: len(v.z))
+        self.volumes = {n: with_geometry(v, self.grid) for n, v in self.volumes.items()}
         self.grid_dz = float(np.median(np.diff(self.grid.z))) if len(self.grid.z) > 1 else self.grid.spacing[0]
         self._metrics, self._plots, self._suspend, self._cb_limit, self.current = {}, {}, 0, None, {}
         self._build_controls(as_window(window), diff_limit, orientation, panel_width, title)
         self.export_path.value = str(export_path)
+        self._set_compare_options()
         self._wire(); self._set_orientation()
     @property
     def window(self) -> Window: return Window(self.center.value, self.width.value)
@@ -430,6 +449,12 @@ class SliceViewer(_ViewerData, _ViewerControls, _ViewerWiring, _ViewerPlot, _Vie
     def window_text(self) -> str:
         "The display window, named: 'window seed (C 200 / W 1800)', or 'custom'."
         return f"window {self.preset.value} (C {self.center.value:g} / W {self.width.value:g})"
+    def _set_compare_options(self):
+        "Volumes that can serve as the reference: those on the reference's z grid with its in-plane shape."
+        g = self.grid
+        ok = [n for n, v in self.volumes.items() if v.hu.shape == g.hu.shape and np.allclose(v.z, g.z)]
+        self.compare.options, self.compare.value = ok, self.reference
+        self.compare.layout.display = '' if self.reference and len(ok) > 1 else 'none'
     def _set_orientation(self):
         "Range the slider over the new axis (in mm) and go to its middle."
         self.positions = p = slider_positions(self.grid, self.orientation.value)
@@ -572,6 +597,16 @@ def samples_viewer(pipeline, case, seeds=(0, 1), *, steps: int | None = None, ba
     for m in baselines: vols[f'{m} interpolation'] = ViewVolume(interpolate_z(case.thick.hu, case.thick.z, thin.z, m), thin.z, thin.spacing)
     vols['ground truth'] = thin
     return SliceViewer(vols, reference='ground truth', title=_title(pipeline, case, 'Generated vs ground truth'), **kw)
+
+def seed_table(viewer: SliceViewer, prefix: str = 'generated (seed ') -> str:
+    "Markdown table: how far each generated volume is from the first seed's, in HU (mean and 99th percentile |Δ|)."
+    from v2v_diffusion.inference import md_table
+    names = [n for n in viewer.volumes if n.startswith(prefix)]
+    if len(names) < 2: return ''
+    first = viewer.volumes[names[0]].hu
+    d = {n: np.abs(viewer.volumes[n].hu - first) for n in names[1:]}
+    rows = [['volume', f'mean |Δ HU| to {names[0]}', f'99th percentile |Δ HU|']]
+    return md_table(rows + [[n, f'{v.mean():.1f}', f'{np.percentile(v, 99):.1f}'] for n, v in d.items()])
 
 def metrics_table(viewer: SliceViewer, metrics=('psnr', 'ssim')) -> str:
     "Markdown table of each volume's mean per-slice metrics against the viewer's reference."
