@@ -187,7 +187,8 @@ def test_coronal_positions_are_patient_coordinates(vols):
     v.slider.value = -20.0 + 30 * 0.7                                           # row 30 (the error is in rows 10-19)
     np.testing.assert_array_equal(v.plane('generated'), v.plane('truth'))        # the same row of both
     assert 'y 1.0 mm' in v.labels['generated'].value and 'y 1.0 mm' in v.labels['truth'].value
-    assert [v.sides['truth'][s].value.count(f'>{t}<') for s, t in (('top', 'S'), ('left', 'R'), ('right', 'L'))] == [1, 1, 1]
+    sides = v.sides['truth']
+    assert [sides[s].value.count(f'>{t}<') for s, t in (('top', 'S'), ('left', 'R'), ('right', 'L'))] == [1, 1, 1]
     fig = v.figure()
     assert 'window seed (C 200 / W 1800)' in fig.get_suptitle()
     assert sorted(t.get_text() for t in fig.axes[0].texts) == ['I', 'L', 'R', 'S']

@@ -67,8 +67,9 @@ def test_compare_reconstructions(tiny_checkpoint, tmp_path, monkeypatch):
 
 def static_html_shows_the_figures(executed: Path):
     "The visualization Job's HTML export (k8s/bin/static_html.py) shows the viewer's PNG, with no widget to fetch."
-    subprocess.run([sys.executable, '-m', 'jupyter', 'nbconvert', '--config', str(ROOT / 'k8s/bin/static_html.py'), '--to', 'html',
-                    str(executed)], check=True, capture_output=True)
+    config = str(ROOT / 'k8s/bin/static_html.py')
+    subprocess.run([sys.executable, '-m', 'jupyter', 'nbconvert', '--config', config, '--to', 'html', str(executed)],
+                   check=True, capture_output=True)
     page = executed.with_suffix('.html').read_text()
     pngs = re.findall(r'<img[^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     assert pngs and max(len(base64.b64decode(p)) for p in pngs) > 10_000, 'the viewer figure is in the page'
