@@ -605,12 +605,12 @@ def seed_table(viewer: SliceViewer, prefix: str = 'generated (seed ') -> str:
     if len(names) < 2: return ''
     first = viewer.volumes[names[0]].hu
     d = {n: np.abs(viewer.volumes[n].hu - first) for n in names[1:]}
-    rows = [['volume', f'mean |Δ HU| to {names[0]}', f'99th percentile |Δ HU|']]
+    rows = [['volume', f'mean abs. Δ HU to {names[0]}', '99th percentile abs. Δ HU']]
     return md_table(rows + [[n, f'{v.mean():.1f}', f'{np.percentile(v, 99):.1f}'] for n, v in d.items()])
 
 def metrics_table(viewer: SliceViewer, metrics=('psnr', 'ssim')) -> str:
-    "Markdown table of each volume's mean per-slice metrics against the viewer's reference."
+    "Markdown table of each volume's mean per-slice metrics against the viewer's reference (not whole-volume ones)."
     from v2v_diffusion.inference import md_table
-    rows = [['volume', *(METRIC_LABELS.get(m, m) for m in metrics)]]
+    rows = [['volume', *(f'mean per-slice {METRIC_LABELS.get(m, m)}' for m in metrics)]]
     rows += [[n, *(f'{np.mean(viewer.curve(n, m)):.4g}' for m in metrics)] for n in viewer.volumes if viewer.comparable(n)]
     return md_table(rows)
