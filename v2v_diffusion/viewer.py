@@ -270,7 +270,8 @@ class _ViewerControls:
         self.center = W.FloatText(value=window.center, description='center', step=10, layout=L(width='150px'))
         self.width = W.BoundedFloatText(value=window.width, min=1, max=10000, step=10, description='width', layout=L(width='150px'))
         self.diff = W.ToggleButton(value=False, description='difference', tooltip='signed difference to the reference, in HU')
-        self.compare = W.Dropdown(description='compare with', layout=L(width='300px'))
+        self.compare = W.Dropdown(description='compare with', style={'description_width': 'initial'},
+                                  layout=L(width='300px'))
         self.diff_range = W.BoundedFloatText(value=diff_limit, min=1, max=5000, step=10, description='± HU', layout=L(width='150px'))
         self.metric = W.Dropdown(options=list(METRIC_LABELS), description='metric', layout=L(width='160px'))
         self.export_path = W.Text(value='viewer.png', description='PNG file', layout=L(width='320px'))
