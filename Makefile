@@ -39,9 +39,10 @@ install: $(STAMP)
 ## hooks: nbdev's git and Jupyter hooks (clean notebooks on save, merge notebooks); git worktrees are left alone
 hooks:
 	@if [ -d .git ]; then \
-	  PATH="$(abspath $(BIN)):$$PATH" $(BIN)/nbdev_install_hooks && \
-	  sed -i 's|driver = nbdev_merge|driver = $(BIN)/nbdev_merge|' .gitconfig && \
-	  sed -i 's|^nbdev_trust$$|$(BIN)/nbdev_trust|' .git/hooks/post-merge; \
+	  { PATH="$(abspath $(BIN)):$$PATH" $(BIN)/nbdev_install_hooks && \
+	    sed -i 's|driver = nbdev_merge|driver = $(BIN)/nbdev_merge|' .gitconfig && \
+	    sed -i 's|^nbdev_trust$$|$(BIN)/nbdev_trust|' .git/hooks/post-merge; } || \
+	  echo "hooks: nbdev_install_hooks failed (see above); the install goes on without them"; \
 	else echo "hooks: .git is not a folder here (a git worktree, or no git): nbdev_install_hooks skipped"; fi
 
 ## sync-check: nbdev_export must not change the library, nbdev_clean must not change the notebooks, and no
