@@ -13,7 +13,8 @@ __all__ = ['CPU_PRESET_HINT', 'prepare_script', 'train_script', 'infer_script', 
            'infer_main', 'eval_parser', 'eval_main', 'demo_main']
 
 # %% ../nbs/13_cli.ipynb #64726666
-CPU_PRESET_HINT = ("v2v-train: no GPU here and no --preset or --config, so the seed-size default preset trains on the CPU: "
+CPU_PRESET_HINT = ("v2v-train: no GPU here and no --preset or --config, so the seed-size default preset trains "
+                   "on the CPU: "
                    "minutes per step before the first progress line. For a quick CPU run use --preset tiny "
                    "(v2v-demo trains it end to end in minutes).")
 
@@ -35,7 +36,7 @@ def prepare_main(argv=None):
     return _delegate('data', 'prepare_main', argv, 'v2v-prepare')
 
 def train_main(argv=None):
-    "`v2v-train ...` (train.train_main); without a GPU and without `--preset`/`--config`, first a hint to use `--preset tiny`."
+    "`v2v-train ...` (train.train_main); without a GPU, `--preset` or `--config`, first a hint to use `--preset tiny`."
     if (hint := cpu_preset_hint(sys.argv[1:] if argv is None else argv)): print(hint, file=sys.stderr, flush=True)
     return _delegate('train', 'train_main', argv, 'v2v-train')
 

@@ -51,7 +51,7 @@ def affinity_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
 
 def cpu_count_available(**kw) -> int:
-    "CPUs actually available: the affinity mask capped by the cgroup quota (rounded up), at least 1; `kw` → `cgroup_cpu_limit`."
+    "CPUs actually available: the affinity mask capped by the cgroup quota (rounded up), at least 1."
     quota, cpus = cgroup_cpu_limit(**kw), affinity_cpus()
     return max(1, min(cpus, math.ceil(quota)) if quota else cpus)
 

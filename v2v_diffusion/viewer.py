@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from .windowing import WINDOWS, Window, as_window, hu_to_unit
 
 # %% auto #0
-__all__ = ['IDENTITY', 'ORIENTATIONS', 'AXIS_NAMES', 'LPS_LETTERS', 'SIDES', 'DIFF_CMAP', 'METRIC_LABELS', 'LETTER_AT',
-           'UNTRAINED', 'DEMO_RUN', 'ViewVolume', 'with_geometry', 'as_view_volume', 'nearest_index',
+__all__ = ['IDENTITY', 'ORIENTATIONS', 'AXIS_NAMES', 'LPS_LETTERS', 'SIDES', 'DIFF_CMAP', 'METRIC_LABELS', 'LETTER_HTML',
+           'LETTER_AT', 'UNTRAINED', 'DEMO_RUN', 'ViewVolume', 'with_geometry', 'as_view_volume', 'nearest_index',
            'slider_positions', 'extract_slice', 'pixel_aspect', 'direction_letter', 'orientation_letters',
            'window_to_uint8', 'difference_map', 'diff_to_rgb', 'to_png', 'from_png', 'one_torch_thread',
            'slice_metrics', 'plane_metrics', 'MetricPlot', 'metric_plot', 'colorbar_png', 'SliceViewer',
@@ -77,7 +77,7 @@ def nearest_index(positions, pos):
     return int(i) if i.ndim == 0 else i
 
 def slider_positions(vol: ViewVolume, orientation: str = 'axial') -> np.ndarray:
-    "The patient positions (mm) a slider steps through: `vol.z` (axial), each row's y (coronal) or column's x (sagittal)."
+    "Patient positions (mm) a slider steps through: `vol.z` (axial), each row's y (coronal) or column's x (sagittal)."
     _check_orientation(orientation)
     if orientation == 'axial': return vol.z
     ax = 1 if orientation == 'coronal' else 2
@@ -345,6 +345,8 @@ class _ViewerPlot:
         return self._plots[k]
 
 # %% ../nbs/12_viewer.ipynb #53c7d2a7
+LETTER_HTML = '<div style="text-align:center;font-weight:bold;color:#b8860b">{}</div>'
+
 class _ViewerRender:
     "Drawing: panels as PNG bytes, labels, the colour bar and the metric plot."
     def render(self):
@@ -360,7 +362,7 @@ class _ViewerRender:
             self.images[name].value = to_png(*self.current[name])
             self.labels[name].value = self.label_html(name)
             for side, letter in orientation_letters(vol, o).items():
-                self.sides[name][side].value = f'<div style="text-align:center;font-weight:bold;color:#b8860b">{letter}</div>'
+                self.sides[name][side].value = LETTER_HTML.format(letter)
         if diff and self._cb_limit != self.diff_range.value:
             self._cb_limit = self.diff_range.value; self.colorbar.value = colorbar_png(self._cb_limit)
         self.colorbar.layout.display = '' if diff else 'none'
@@ -379,7 +381,8 @@ LETTER_AT = {'top': (0.5, 0.98, 'center', 'top'), 'bottom': (0.5, 0.02, 'center'
 def _draw_letters(ax, letters: dict):
     "Orientation letters inside the edges of an image axes."
     for side, (x, y, ha, va) in LETTER_AT.items():
-        ax.text(x, y, letters[side], transform=ax.transAxes, ha=ha, va=va, color='#ffd700', fontsize=8, fontweight='bold')
+        ax.text(x, y, letters[side], transform=ax.transAxes, ha=ha, va=va, color='#ffd700', fontsize=8,
+                fontweight='bold')
 
 class _ViewerFigure:
     "The current view as a matplotlib figure (no pyplot state)."
@@ -401,7 +404,8 @@ class _ViewerFigure:
                 if self.comparable(n): ax.plot(self.grid.z, np.where(np.isfinite(self.curve(n, k)), self.curve(n, k), np.nan), lw=1, label=n)
             if self.orientation.value == 'axial': ax.axvline(self.slider.value, color='C3', lw=1)
             ax.set_xlabel('z (mm)'); ax.set_ylabel(METRIC_LABELS[k]); ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1, 1)); ax.grid(alpha=.3)
-        fig.suptitle(f"{self.title_text + ' · ' if self.title_text else ''}{self.orientation.value} · {self.window_text}", fontsize=9)
+        head = f"{self.title_text} · " if self.title_text else ''
+        fig.suptitle(f"{head}{self.orientation.value} · {self.window_text}", fontsize=9)
         return fig
 
 # %% ../nbs/12_viewer.ipynb #618b8e37
@@ -497,12 +501,12 @@ def describe_pipeline(p) -> str:
 
 # %% ../nbs/12_viewer.ipynb #302ba67e
 def project_root(start=None) -> Path | None:
-    "The project's root (holding `settings.ini` and `nbs/`): `start` (default: the working directory) or a parent; else None."
+    "The project's root (holding `settings.ini` and `nbs/`): `start` (default: the working directory) or a parent."
     here = Path.cwd() if start is None else Path(start).resolve()
     return next((d for d in (here, *here.parents) if (d / 'settings.ini').is_file() and (d / 'nbs').is_dir()), None)
 
 def project_path(p) -> Path:
-    "A relative `p` under the project root when running inside the project (its root, `nbs/` or below); else `p` as given."
+    "A relative `p` under the project root when running inside the project (root, `nbs/` or below); else `p` as is."
     p, root = Path(p), project_root()
     return p if p.is_absolute() or root is None else root / p
 
@@ -517,7 +521,7 @@ def has_diffusion_checkpoint(run_dir) -> bool:
     return any(not parse_checkpoint_name(f.name)['suffix'].startswith('vae_') for f in list_checkpoints(d))
 
 def resolve_checkpoint(checkpoint: str = 'auto', demo_run=DEMO_RUN) -> str:
-    "'auto': the demo run if it holds a diffusion checkpoint (not under nbdev_test), else '' (untrained); a path: `project_path`."
+    "'auto': the demo run when it has a diffusion checkpoint (not under nbdev_test), else ''; a path: `project_path`."
     if checkpoint != 'auto': return str(project_path(checkpoint)) if checkpoint else ''
     d = project_path(demo_run)
     return str(d) if not os.environ.get('IN_TEST') and has_diffusion_checkpoint(d) else ''
@@ -529,7 +533,7 @@ def _held_out_case(cfg) -> str:
     return test[0] if test else ''
 
 def resolve_case(pipeline, data_root: str = 'auto', case_id: str = 'auto') -> tuple[Path, str]:
-    "'auto' data root: what the pipeline was trained on (else data_samples); 'auto' case: its held-out test case (else the first)."
+    "'auto' root: what the pipeline was trained on (else data_samples); 'auto' case: its held-out test case (else the first)."
     trained = getattr(pipeline, 'path', None) is not None
     own = project_path(pipeline.cfg.data.root) if trained else None
     auto_root = own if own is not None and own.is_dir() else project_path('data_samples')
