@@ -6,11 +6,25 @@
 from __future__ import annotations
 import argparse, importlib, json, os, re, shutil, sys, time
 from pathlib import Path
+from .runtime import set_torch_threads
 
 # %% auto #0
-__all__ = ['prepare_script', 'train_script', 'infer_script', 'eval_script', 'phantom_script', 'bench_script', 'demo_script',
-           'quality_script', 'prepare_main', 'train_main', 'phantom_main', 'bench_main', 'infer_parser', 'writable_dir',
-           'InputError', 'infer_main', 'eval_parser', 'eval_main', 'demo_main', 'quality_main']
+__all__ = ['CPU_PRESET_HINT', 'prepare_script', 'train_script', 'infer_script', 'eval_script', 'phantom_script', 'bench_script',
+           'demo_script', 'quality_script', 'cpu_preset_hint', 'prepare_main', 'train_main', 'phantom_main',
+           'bench_main', 'infer_parser', 'writable_dir', 'InputError', 'infer_main', 'eval_parser', 'eval_main',
+           'demo_main', 'quality_main']
+
+# %% ../nbs/13_cli.ipynb #64726666
+CPU_PRESET_HINT = ("v2v-train: no GPU here and no --preset or --config, so the seed-size default preset trains "
+                   "on the CPU: "
+                   "minutes per step before the first progress line. For a quick CPU run use --preset tiny "
+                   "(v2v-demo trains it end to end in minutes).")
+
+def cpu_preset_hint(argv) -> str | None:
+    "The hint `v2v-train` prints for `argv` when it would train the default preset without a GPU; None otherwise."
+    if any(a.split('=')[0] in ('--preset', '--config', '-h', '--help') for a in argv): return None
+    import torch
+    return None if torch.cuda.is_available() else CPU_PRESET_HINT
 
 # %% ../nbs/13_cli.ipynb #097f8854
 def _delegate(module: str, name: str, argv, prog: str):
@@ -24,7 +38,8 @@ def prepare_main(argv=None):
     return _delegate('data', 'prepare_main', argv, 'v2v-prepare')
 
 def train_main(argv=None):
-    "`v2v-train ...` (train.train_main)."
+    "`v2v-train ...` (train.train_main); without a GPU, `--preset` or `--config`, first a hint to use `--preset tiny`."
+    if (hint := cpu_preset_hint(sys.argv[1:] if argv is None else argv)): print(hint, file=sys.stderr, flush=True)
     return _delegate('train', 'train_main', argv, 'v2v-train')
 
 def phantom_main(argv=None):
@@ -228,9 +243,10 @@ def _one_line(e: BaseException, limit: int = 400) -> str:
     return msg if len(msg) <= limit else msg[:limit] + ' ...'
 
 def _console(main):
-    "A console-script entry for `main` (on `sys.argv` by default): 0 when it returns, 2 with one line for a user error."
+    "A console-script entry for `main` (on `sys.argv` by default): threads set, 0 when it returns, 2 + one line for a user error."
     prog = 'v2v-' + main.__name__.removesuffix('_main')
     def entry(argv=None) -> int:
+        set_torch_threads()
         argv = list(sys.argv[1:] if argv is None else argv)
         debug = '--debug' in argv
         try: main([x for x in argv if x != '--debug'])
