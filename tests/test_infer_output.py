@@ -45,7 +45,7 @@ def test_unusable_input_is_one_line_and_exit_2(run, tmp_path, capsys):
     with zipfile.ZipFile(bad, 'w') as zf: zf.writestr('case/1/IM0001.dcm', b'not a dicom file')
     assert cli.infer_script(['--checkpoint', str(ckpt), '--input', str(bad), '--out', str(tmp_path / 'o')]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f'v2v-infer: {bad}::case/1/IM0001.dcm: not a DICOM file')
+    assert len(err) == 1 and err[0].startswith(f'v2v-infer: error: {bad}::case/1/IM0001.dcm: not a DICOM file')
     assert not (tmp_path / 'o').exists()
 
 def test_tilted_input_gives_consistent_nifti_and_dicom(run, tmp_path):

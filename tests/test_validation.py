@@ -91,7 +91,7 @@ def test_infer_checks_device_and_out_first_and_never_mixes(tiny_setup, capsys, m
     assert len(list((tmp / 'o' / 'thin_dicom').glob('*.dcm'))) == 20
     cli.infer_main(base + ['--input', str(tmp / 'b.zip'), '--out', str(tmp / 'o')])     # a shorter series: no leftovers
     assert len(list((tmp / 'o' / 'thin_dicom').glob('*.dcm'))) == 10
-    assert json.loads((tmp / 'o' / 'summary.json').read_text())['case'] == 'b'
+    assert json.loads((tmp / 'o' / 'summary.json').read_text())['thin_shape'][0] == 10
     assert [p.name for p in tmp.glob('.o.*')] == ['.o.lock']
     code = ("import sys\nfrom v2v_diffusion.checkpoint import folder_lock\n"
             f"with folder_lock({str(tmp)!r}, 'v2v-infer', name='.o.lock'):\n"
@@ -103,4 +103,4 @@ def test_infer_checks_device_and_out_first_and_never_mixes(tiny_setup, capsys, m
         assert 'is in use by another v2v-infer' in capsys.readouterr().err
     finally:
         p.communicate('')
-    assert json.loads((tmp / 'o' / 'summary.json').read_text())['case'] == 'b'      # the refused run changed nothing
+    assert json.loads((tmp / 'o' / 'summary.json').read_text())['thin_shape'][0] == 10      # the refused run changed nothing

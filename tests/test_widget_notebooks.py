@@ -79,7 +79,7 @@ def static_html_shows_the_figures(executed: Path):
 def test_compare_samples(tiny_checkpoint, tmp_path, monkeypatch):
     nb = run_notebook('22_compare_samples.ipynb', tmp_path, monkeypatch, checkpoint=str(tiny_checkpoint.parent.parent),
                       data_root=str(DATA), case_id='phantom_002', output_dir=str(tmp_path / 'viewer'), seeds=[3, 4])
-    check_common(nb, tmp_path / 'viewer', 'phantom_002_samples', n_rows=5)   # thick, 2 seeds, linear, cubic
+    check_common(nb, tmp_path / 'viewer', 'phantom_002_samples', n_rows=6)   # thick, mean, 2 seeds, linear, cubic
     table = (tmp_path / 'viewer' / 'phantom_002_samples.md').read_text()
     assert 'generated (seed 3)' in table and 'generated (seed 4)' in table and 'cubic interpolation' in table
     seeds = [m for m in map(''.join, outputs(nb, 'text/markdown')) if 'to generated (seed 3)' in m]

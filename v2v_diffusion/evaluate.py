@@ -51,7 +51,7 @@ def _at(hu, shape) -> np.ndarray:
     return resize_slices(torch.from_numpy(np.asarray(hu, np.float32)), tuple(shape)).numpy()
 
 def model_predictions(pipeline, thick: Volume, thin: Volume, *, regression=None, progress: bool = False, **kw) -> dict:
-    "{'model', 'model_sample'[, 'regression'], 'vae'}: HU on `thin`'s grid, and the seconds each took."
+    "{'model', 'model_sample'[, 'regression'], 'vae'}: HU on `thin`'s grid, the seconds each took, the model's posterior."
     preds, secs, t0 = {}, {}, time.time()
     post = infer_posterior(pipeline, thick, thin_z=thin.z, progress=progress, **kw)
     preds['model'], preds['model_sample'], secs['model'] = post.mean.hu, post.sample.hu, time.time() - t0
@@ -60,7 +60,7 @@ def model_predictions(pipeline, thick: Volume, thin: Volume, *, regression=None,
         preds['regression'] = infer_posterior(regression, thick, thin_z=thin.z, progress=progress, **kw).mean.hu
         secs['regression'] = time.time() - t0
     preds['vae'] = reconstruct_volume(pipeline, thin, thick, overlap=kw.get('overlap'), batch_size=kw.get('batch_size')).hu
-    return dict(preds=preds, seconds=secs, std=post.std.hu)
+    return dict(preds=preds, seconds=secs, posterior=post)
 
 def evaluate_case(pipeline, case, *, regression=None, score=None, progress: bool = True, **kw) -> dict:
     "Predictions and metrics of every method for one paired case (scored on the slices `score`, default all)."
@@ -75,7 +75,7 @@ def evaluate_case(pipeline, case, *, regression=None, score=None, progress: bool
     mask = body_mask(gt)
     metrics = {m: volume_metrics(p[idx], gt, window, mask) | ({'seconds': mp['seconds'][m]} if m in mp.get('seconds', {}) else {})
                for m, p in preds.items()}
-    return dict(case_id=case.case_id, category=getattr(case, 'category', ''), preds=preds, metrics=metrics, std=mp.get('std'),
+    return dict(case_id=case.case_id, category=getattr(case, 'category', ''), preds=preds, metrics=metrics, posterior=mp.get('posterior'),
                 thick_z=np.asarray(thick.z), thin_z=np.asarray(thin.z), score_z=np.asarray(thin.z)[idx])
 
 # %% ../nbs/11b_evaluate.ipynb #eb41a0f6

@@ -234,9 +234,10 @@ class _ViewerData:
         "The HU plane of volume `name` at the current slider position and orientation."
         return extract_slice(self.volumes[name], self.slider.value, self.orientation.value, self.grid.z)
     def comparable(self, name: str) -> bool:
-        "Whether `name` can be compared with the reference (another volume of the same in-plane shape)."
+        "Whether `name` can be compared with the reference (another image of the same in-plane shape, not a std map)."
         r = self.reference
-        return r is not None and name != r and self.volumes[name].hu.shape[1:] == self.volumes[r].hu.shape[1:]
+        return (r is not None and name != r and not name.startswith('uncertainty')
+                and self.volumes[name].hu.shape[1:] == self.volumes[r].hu.shape[1:])
     def curve(self, name: str, metric: str) -> np.ndarray:
         "Per-slice `metric` of `name` against the reference on the reference's z grid; computed once, cached."
         if (name, metric) not in self._metrics:
