@@ -226,9 +226,12 @@ def quality_main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog='v2v-quality', description='Ablation: what each part of the formulation buys (CPU, ~half an hour).')
     p.add_argument('--out', default='runs/quality'); p.add_argument('--demo-dir', default='runs/demo')
     p.add_argument('--doc', default='docs/QUALITY.md')
+    for k in ('vae', 'diffusion', 'regression'):
+        p.add_argument(f'--{k}-steps', type=int, help=f'{k} optimizer steps of every variant (default: the demo preset)')
     a = p.parse_args(argv)
     from v2v_diffusion.demo import run_quality
-    return run_quality(a.out, a.doc, a.demo_dir)
+    kw = {f'{k}_steps': getattr(a, f'{k}_steps') for k in ('vae', 'diffusion', 'regression') if getattr(a, f'{k}_steps')}
+    return run_quality(a.out, a.doc, a.demo_dir, **kw)
 
 # %% ../nbs/13_cli.ipynb #3aec4e78
 _USER_ERRORS = {'CheckpointError', 'RunError', 'NonFiniteError'}   # and ValueError (ConfigError, DicomError), OSError

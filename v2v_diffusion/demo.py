@@ -25,7 +25,7 @@ __all__ = ['DEMO', 'VARIANTS', 'demo_data', 'demo_config', 'run_demo', 'with_for
            'write_quality', 'run_quality']
 
 # %% ../nbs/11c_demo.ipynb #4c8b1543
-DEMO = dict(vae_steps=600, diffusion_steps=1500, regression_steps=600, extra_cases=2, size=128, n_thin=64, ddim_steps=10,
+DEMO = dict(vae_steps=250, diffusion_steps=800, regression_steps=300, extra_cases=2, size=128, n_thin=64, ddim_steps=10,
             num_samples=4)
 
 def demo_data(root: Path, extra_cases: int, size: int, n_thin: int, progress: bool = True) -> list[Path]:
