@@ -351,7 +351,7 @@ def prepare_dataset(root, cache_dir, *, workers: int | None = None, data_cfg: Da
         dups = []
         refs = find_cases(root, skipped=dups)
         workers = min(os.cpu_count() or 1, 8) if workers is None else workers
-        rows, cases = load_cases(refs, cache_dir, workers=workers, progress=progress)
+        rows, cases = load_cases(refs, cache_dir, workers=workers, progress=progress, tilt=dc.tilt)
         rows += dups
         splits = make_splits(cases, dc) if cases else dict(train=[], val=[], test=[])
         summary = dict(root=str(root), cache_dir=str(cache_dir), cases=[r for r in rows if 'error' not in r],
@@ -384,7 +384,7 @@ def _worker_init(worker_id: int):
 def build_dataloaders(cfg: Config, *, distributed: bool = False, progress: bool = False) -> dict[str, DataLoader]:
     "Train/val/test DataLoaders of `ClipDataset` over the cached, split dataset in `cfg.data`."
     dc = cfg.data
-    rows, cases = load_cases(find_cases(dc.root), dc.cache_dir, progress=progress)
+    rows, cases = load_cases(find_cases(dc.root), dc.cache_dir, progress=progress, tilt=dc.tilt)
     for r in rows:
         if 'error' in r: warnings.warn(f"case {r['case_id']} skipped: {r['error']}", DicomWarning)
     splits, by_id = make_splits(cases, dc), {c.case_id: c for c in cases}

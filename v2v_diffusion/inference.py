@@ -197,7 +197,8 @@ def read_input(source, case_id: str | None = None, cache_dir=None) -> tuple[Volu
         return case.thick, case.thin, case_id
     from v2v_diffusion.dicom import read_dicom_tree, pick_thick_thin
     thick, thin = pick_thick_thin(read_dicom_tree(source), require_thin=False)
-    return thick, thin, Path(source).stem
+    p = Path(source)
+    return thick, thin, p.name if p.is_dir() else p.stem                   # folder names keep their dots
 
 # %% ../nbs/11_inference.ipynb #39a6a6bd
 def montage(vol: Volume, path, *, view: str = 'axial', n: int = 6, window='seed', title: str = '') -> Path:
