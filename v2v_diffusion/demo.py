@@ -121,12 +121,14 @@ def _timed(fn):
 def quality_rows(full, reg, variants: dict, case, ks=(1, 4, 8), steps=(5, 10, 20)) -> dict:
     "Ablation rows (label → psnr, ssim, hu_mae, seconds) on one paired case."
     w, z, rows = Window(full.cfg.data.window_center, full.cfg.data.window_width), case.thin.z, {}
-    post = lambda p, **kw: _timed(lambda: infer_posterior(p, case.thick, thin_z=z, progress=False, **kw).mean.hu)
-    for label, p in variants.items(): rows[label] = _row(*post(p, num_samples=1), case=case, window=w)
-    rows['+ data consistency (K = 1)'] = _row(*post(full, num_samples=1), case=case, window=w)
-    for k in ks[1:]: rows[f'+ posterior mean, K = {k}'] = _row(*post(full, num_samples=k), case=case, window=w)
-    for s in steps: rows[f'K = {ks[1]}, {s} DDIM steps'] = _row(*post(full, num_samples=ks[1], steps=s), case=case, window=w)
-    if reg is not None: rows['regression baseline (same U-Net, MSE)'] = _row(*post(reg), case=case, window=w)
+    def post(p, **kw):
+        pred, secs = _timed(lambda: infer_posterior(p, case.thick, thin_z=z, progress=False, **kw).mean.hu)
+        return _row(pred, case, w, secs)
+    for label, p in variants.items(): rows[label] = post(p, num_samples=1)
+    rows['+ data consistency (K = 1)'] = post(full, num_samples=1)
+    for k in ks[1:]: rows[f'+ posterior mean, K = {k}'] = post(full, num_samples=k)
+    for s in steps: rows[f'K = {ks[1]}, {s} DDIM steps'] = post(full, num_samples=ks[1], steps=s)
+    if reg is not None: rows['regression baseline (same U-Net, MSE)'] = post(reg)
     for m, pred in baseline_predictions(case.thick, z, full.cfg.formulation.slice_profile).items():
         rows[LABELS[m]] = _row(pred, case, w)
     return rows
@@ -157,7 +159,7 @@ def run_quality(out_dir='runs/quality', doc='docs/QUALITY.md', demo_dir='runs/de
               f"{DEMO['vae_steps']} VAE + {DEMO['diffusion_steps']} diffusion + {DEMO['regression_steps']} regression steps, the "
               f"three separately trained variants for {o['vae_steps']} VAE + {o['diffusion_steps']} diffusion steps on {cfg.data.n_frames}×{cfg.data.height}×"
               f"{cfg.data.width} clips (demo preset), CPU; {o['ddim_steps']} DDIM steps unless stated; seconds = inference "
-              f"of the whole volume. Total {(time.time() - t0) / 60:.0f} min.",
+              f"of the whole volume.",
               "PSNR/SSIM on windowed intensities (200/1800 HU → [−1, 1]); HU MAE against the window-clipped truth. "
               "Rows from the top: each adds one part of the formulation to the previous (the first three are separately "
               "trained models, one sample each; the rest is the demo's model); then the step count, the regression "
