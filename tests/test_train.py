@@ -16,10 +16,10 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp('cache')
 
 
-def cfg_for(out, cache, stage='both', vae_steps=1, steps=3, **train):
+def cfg_for(out, cache, stage='both', vae_steps=1, steps=3, extra=(), **train):
     sets = [f'data.cache_dir={cache}', 'data.batch_size=1', f'train.vae_max_steps={vae_steps}', f'train.max_steps={steps}',
             'train.checkpoint_every=2', 'train.validate_every=100', 'train.log_every=1', 'diffusion.ddim_steps=2', 'train.val_clips=1']
-    sets += [f'train.{k}={v}' for k, v in train.items()]
+    sets += [f'train.{k}={v}' for k, v in train.items()] + list(extra)
     return tr.make_config('tiny', sets, data_root=ROOT / 'data_samples', output_dir=out, stage=stage)
 
 
@@ -104,3 +104,19 @@ def test_train_main_cli(tmp_path, cache_dir, capsys):
     assert (tmp_path / 'cli' / 'checkpoints' / 'checkpoint_last_vae_tiny.pt').is_file()
     assert (tmp_path / 'cli' / 'metrics.jsonl').is_file() and (tmp_path / 'cli' / 'config.yaml').is_file()
     assert '"vae"' in capsys.readouterr().out
+
+
+def test_corrector_builds_on_the_regression(tmp_path, cache_dir):
+    "formulation.corrector: stage all trains the regression before the diffusion, which learns what it leaves."
+    corrector = ['formulation.corrector=true']
+    with pytest.raises(CheckpointError, match='corrector needs a trained regression'):
+        tr.train(cfg_for(tmp_path / 'alone', cache_dir, stage='both', steps=1, extra=corrector))
+    out = tmp_path / 'run'
+    s = tr.train(cfg_for(out, cache_dir, stage='all', steps=2, regression_max_steps=2, extra=corrector))
+    assert list(s)[-3:] == ['vae', 'regression', 'diffusion']
+    reg, dif = (load_checkpoint(s[k]['checkpoints']['last']) for k in ('regression', 'diffusion'))
+    for k, v in reg['models']['unet_ema'].items(): assert torch.equal(v, dif['models']['regressor'][k]), k
+    assert dif['scaling_factor'] == reg['scaling_factor']          # one latent scale for the regression and its corrector
+    p = load_pipeline(out)
+    assert p.stage == 'diffusion' and p.regressor is not None and not p.regressor.training
+    assert load_pipeline(out, stage='regression').regressor is None

@@ -383,7 +383,7 @@ def state_of(model: nn.Module | None) -> dict | None:
 # %% ../nbs/09_checkpoint.ipynb #dd42d4d2
 @dataclass
 class Pipeline:
-    "Everything needed to sample: models in eval mode, their config and the latent scale."
+    "Everything needed to sample: models in eval mode, their config, the latent scale (and a corrector's regression)."
     cfg: Config
     vae: nn.Module
     unet: nn.Module | None
@@ -391,6 +391,7 @@ class Pipeline:
     scaling_factor: float
     path: Path | None = None
     stage: str = 'diffusion'
+    regressor: nn.Module | None = None      # with `formulation.corrector`: the frozen regression the samples add to
 
 def _stage_of_suffix(suffix: str) -> str:
     return 'vae' if suffix.startswith('vae_') else 'regression' if suffix.startswith('reg_') else 'diffusion'
@@ -422,6 +423,12 @@ def _first_loadable(files: list[Path], map_location) -> tuple[Path, dict]:
     raise errors[0]
 
 # %% ../nbs/09_checkpoint.ipynb #f71292d8
+def _unet(cfg: Config, state: dict | None) -> nn.Module | None:
+    "The U-Net of `cfg` with weights `state` (None without)."
+    if state is None: return None
+    unet = build_unet(cfg); unet.load_state_dict(state)
+    return unet
+
 def load_pipeline(path_or_run_dir, map_location='cpu', use_ema: bool = True, stage: str | None = None) -> Pipeline:
     "Models of a checkpoint (file, or run folder and optionally the `stage`) in eval mode on `map_location`."
     path = Path(path_or_run_dir)
@@ -430,10 +437,8 @@ def load_pipeline(path_or_run_dir, map_location='cpu', use_ema: bool = True, sta
     cfg, models = config_from_dict(ckpt['config']), ckpt['models']
     vae = VAE(cfg.vae); vae.load_state_dict(models['vae'])
     key = 'unet_ema' if use_ema and models.get('unet_ema') is not None else 'unet'
-    unet = None
-    if models.get(key) is not None:
-        unet = build_unet(cfg); unet.load_state_dict(models[key])
+    unet, regressor = (_unet(cfg, models.get(k)) for k in (key, 'regressor'))
     diffusion = GaussianDiffusion(cfg.diffusion)
-    for m in (vae, unet, diffusion):
+    for m in (vae, unet, diffusion, regressor):
         if isinstance(m, nn.Module): m.to(map_location).eval().requires_grad_(False)
-    return Pipeline(cfg, vae, unet, diffusion, float(ckpt['scaling_factor']), path, ckpt['stage'])
+    return Pipeline(cfg, vae, unet, diffusion, float(ckpt['scaling_factor']), path, ckpt['stage'], regressor)

@@ -85,12 +85,13 @@ class FormulationConfig:
     data_consistency: bool = True       # base and outputs keep each thick slab's mean equal to its thick slice
     slice_profile: str = 'boxcar'       # forward model of a thick slice: 'boxcar' | 'gaussian' (FWHM = SliceThickness)
     residual_hu: float = 100.0          # HU of one model unit of the residual
+    corrector: bool = False             # diffusion learns latents − the trained regression's (CorrDiff): stage=all
 
 # %% ../nbs/00_config.ipynb #df2291e7
 @dataclass
 class TrainConfig:
     "Optimisation, precision, checkpoints and validation."
-    stage: str = 'both'                 # 'vae' | 'diffusion' | 'regression' | 'both' (vae, diffusion) | 'all' (all three)
+    stage: str = 'both'                 # 'vae' | 'diffusion' | 'regression' | 'both' (vae, diffusion) | 'all' (vae, regression, diffusion)
     output_dir: str = 'runs/default'
     vae_max_steps: int = 20000          # optimizer steps of stage 1
     max_steps: int = 100000             # optimizer steps of stage 2
@@ -317,6 +318,7 @@ def _preset_demo() -> dict:
     d['unet'] = dict(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_levels=(2,), num_heads=2,
                      time_embed_dim=128, norm_groups=8)
     d['diffusion'].update(min_snr_gamma=5.0)
+    d['formulation'] = dict(corrector=True)       # the diffusion refines the regression: see 07a_formulation
     d['train'].update(lr=1e-3, warmup_steps=50, ema_decay=0.995, suffix='demo', val_clips=4, recon_loss='mse')   # L1 keeps residuals at 0
     d['infer'].update(num_samples=4, batch_size=4)
     return d

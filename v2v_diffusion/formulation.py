@@ -14,7 +14,7 @@ from .diffusion import GaussianDiffusion, sample
 
 # %% auto #0
 __all__ = ['vae_factor', 'space_to_depth', 'model_condition', 'model_target', 'build_unet', 'encode', 'decode',
-           'regression_timestep', 'regress', 'predict_latents', 'clip_output']
+           'regression_timestep', 'regress', 'corrector_target', 'predict_latents', 'clip_output']
 
 # %% ../nbs/07a_formulation.ipynb #510a13ea
 def vae_factor(cfg: Config) -> int:
@@ -59,14 +59,19 @@ def regress(unet: nn.Module, diffusion: GaussianDiffusion, cond: torch.Tensor, s
     return unet(torch.zeros(shape, device=cond.device), t, cond)
 
 @torch.no_grad()
-def predict_latents(unet, diffusion, cond: torch.Tensor, shape: tuple, *, regression: bool = False, num_samples: int = 1,
-                    steps: int = 10, eta: float = 0.0, generator=None) -> torch.Tensor:
-    "(K,B,C,T,h,w) latents for conditions (B,...): K DDIM samples, or the regression's one prediction (K=1)."
+def corrector_target(z: torch.Tensor, regressor: nn.Module, diffusion: GaussianDiffusion, cond: torch.Tensor):
+    "What the corrector diffusion learns of target latents `z`: `z` minus the frozen regression's prediction."
+    return z - regress(regressor, diffusion, cond, z.shape).float()
+
+@torch.no_grad()
+def predict_latents(unet, diffusion, cond: torch.Tensor, shape: tuple, *, regression: bool = False, regressor=None,
+                    num_samples: int = 1, steps: int = 10, eta: float = 0.0, generator=None) -> torch.Tensor:
+    "(K,B,C,T,h,w) latents for conditions (B,...): K DDIM samples (on `regressor`'s mean), or the regression's one."
     if regression: return regress(unet, diffusion, cond, shape)[None]
     rep = cond.repeat(num_samples, *[1] * (cond.ndim - 1))
     z = sample(diffusion, unet, rep, (num_samples * shape[0], *shape[1:]), steps=steps, eta=eta, generator=generator,
-               progress=False)
-    return z.reshape(num_samples, *shape)
+               progress=False).reshape(num_samples, *shape)
+    return z if regressor is None else z + regress(regressor, diffusion, cond, shape).float()
 
 # %% ../nbs/07a_formulation.ipynb #35121015
 def clip_output(pred: torch.Tensor, batch: dict, cfg: Config) -> torch.Tensor:

@@ -97,7 +97,7 @@ def model_clips(pipeline, cond: torch.Tensor, T: int, *, num_samples: int = 1, s
         c = space_to_depth(cond.to(dev), vae_factor(cfg))
         shape = (c.shape[0], cfg.vae.latent_channels, T, *c.shape[-2:])
         z = predict_latents(pipeline.unet, pipeline.diffusion, c, shape, regression=pipeline.stage == 'regression',
-                            num_samples=num_samples, steps=steps, eta=eta, generator=generator)
+                            regressor=pipeline.regressor, num_samples=num_samples, steps=steps, eta=eta, generator=generator)
         x = decode(pipeline.vae, z.flatten(0, 1), pipeline.scaling_factor)
     return x.reshape(z.shape[0], z.shape[1], T, *x.shape[-2:]).transpose(0, 1)
 

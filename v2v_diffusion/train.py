@@ -26,7 +26,7 @@ from .metrics import psnr, ssim, ms_ssim, interpolate_clip
 from .data import build_dataloaders
 from .vae import VAE, measure_scaling_factor
 from .diffusion import GaussianDiffusion
-from .formulation import (encode, decode, model_condition, model_target, build_unet, regress,
+from .formulation import (encode, decode, model_condition, model_target, build_unet, regress, corrector_target,
                                        predict_latents, clip_output)
 
 # %% auto #0
@@ -37,10 +37,10 @@ __all__ = ['logger', 'MAX_NONFINITE_STEPS', 'MAX_NONFINITE_STEPS_UNSCALED', 'STA
            'clip_metrics', 'compare_metrics', 'val_figure', 'RunState', 'Stage', 'make_checkpoint', 'restore',
            'save_now', 'validate_and_log', 'after_step', 'fit', 'stage_summary', 'Data', 'fixed_val_batch', 'load_data',
            'recon_loss', 'VAELoss', 'validate_vae', 'vae_stage', 'DiffusionLoss', 'RegressionLoss', 'LatentDataset',
-           'cache_latents', 'validate_latent', 'find_vae_checkpoint', 'frozen_vae', 'training_latents_scale',
-           'latent_stage', 'diffusion_loader', 'trim_metrics', 'checked_resume', 'resume_for', 'train_stage',
-           'claimed_run', 'train', 'make_config', 'train_parser', 'train_main', 'read_metrics', 'plot_history',
-           'show_val_figures']
+           'cache_latents', 'validate_latent', 'find_vae_checkpoint', 'find_regression_checkpoint', 'frozen_vae',
+           'training_latents_scale', 'frozen_regressor', 'latent_stage', 'diffusion_loader', 'trim_metrics',
+           'checked_resume', 'resume_for', 'train_stage', 'claimed_run', 'train', 'make_config', 'train_parser',
+           'train_main', 'read_metrics', 'plot_history', 'show_val_figures']
 
 # %% ../nbs/10_train.ipynb #17d23517
 logger = logging.getLogger('v2v_diffusion.train')
@@ -465,11 +465,14 @@ def _latents_and_condition(loss_module, batch: dict) -> tuple[torch.Tensor, torc
 
 class DiffusionLoss(nn.Module):
     "Stage-2 loss module: batch (clips or cached latents) → (diffusion loss of the U-Net, logs)."
-    def __init__(self, unet: nn.Module, diffusion, vae: nn.Module, scale: float, cfg: Config, device: torch.device):
+    def __init__(self, unet: nn.Module, diffusion, vae: nn.Module, scale: float, cfg: Config, device: torch.device,
+                 regressor: nn.Module | None = None):
         super().__init__(); self.unet, self.diffusion, self.scale, self.cfg, self.device = unet, diffusion, scale, cfg, device
-        self.frozen = [vae]                          # a list: not a submodule, so outside DDP and the optimizer
+        self.frozen = [vae, regressor]               # a list: not submodules, so outside DDP and the optimizer
     def forward(self, batch: dict):
+        "The diffusion loss on the target latents (minus the frozen regression's prediction with a corrector)."
         z, cond = _latents_and_condition(self, batch)
+        if self.frozen[1] is not None: z = corrector_target(z, self.frozen[1], self.diffusion, cond)
         return self.diffusion.training_loss(self.unet, z, cond)
 
 class RegressionLoss(DiffusionLoss):
@@ -500,22 +503,36 @@ def cache_latents(vae: nn.Module, dataset, path, cfg: Config, device: torch.devi
 # %% ../nbs/10_train.ipynb #e5a81857
 @torch.no_grad()
 def validate_latent(unet: nn.Module, diffusion, vae: nn.Module, scale: float, val: dict, cfg: Config, device,
-                    regression: bool = False) -> tuple[dict, object]:
+                    regression: bool = False, regressor: nn.Module | None = None) -> tuple[dict, object]:
     "One DDIM sample (fixed seed) or the regression of each validation clip: metrics vs truth and baselines, figure."
     cond, steps = model_condition(val, cfg).to(device), cfg.diffusion.ddim_steps
     shape = (cond.shape[0], cfg.vae.latent_channels, val['thin'].shape[2], *cond.shape[-2:])
     g = torch.Generator(device).manual_seed(cfg.train.seed)
-    z = predict_latents(unet, diffusion, cond, shape, regression=regression, steps=steps, eta=cfg.diffusion.ddim_eta, generator=g)
+    z = predict_latents(unet, diffusion, cond, shape, regression=regression, regressor=regressor, steps=steps,
+                        eta=cfg.diffusion.ddim_eta, generator=g)
     pred = clip_output(decode(vae, z[0], scale).cpu(), val, cfg)
-    title = 'regression (EMA U-Net)' if regression else f'DDIM {steps} steps (EMA U-Net)'
+    title = 'regression (EMA U-Net)' if regression else f'DDIM {steps} steps (EMA U-Net)' + (' + regression' if regressor else '')
     return compare_metrics(pred, val['thick'], val['thin'], val.get('base')), val_figure(val['thick'], pred, val['thin'], title)
+
+def _best_or_latest(cfg: Config, stage: str) -> Path | None:
+    "The checkpoint of `stage` in this run: best by validation PSNR, else the newest valid one."
+    d, s = Path(cfg.train.output_dir) / 'checkpoints', stage_suffix(stage, cfg.train.suffix)
+    return (list_checkpoints(d, s, 'best') or [None])[-1] or latest_checkpoint(d, s)
 
 def find_vae_checkpoint(cfg: Config) -> Path:
     "The stage-1 checkpoint of this run: best by validation PSNR, else the newest valid one."
-    d, s = Path(cfg.train.output_dir) / 'checkpoints', stage_suffix('vae', cfg.train.suffix)
-    path = (list_checkpoints(d, s, 'best') or [None])[-1] or latest_checkpoint(d, s)
-    if path is None: raise CheckpointError(f"{d}: no stage-1 checkpoint (checkpoint_*_{s}.pt): train the VAE first "
+    path = _best_or_latest(cfg, 'vae')
+    if path is None: raise CheckpointError(f"{cfg.train.output_dir}/checkpoints: no stage-1 checkpoint (checkpoint_*_"
+                                           f"{stage_suffix('vae', cfg.train.suffix)}.pt): train the VAE first "
                                            "(train.stage=vae or both), or pass a VAE checkpoint as train.resume")
+    return path
+
+def find_regression_checkpoint(cfg: Config) -> Path:
+    "The regression checkpoint the corrector diffusion of this run builds on (best, else newest)."
+    path = _best_or_latest(cfg, 'regression')
+    if path is None: raise CheckpointError(f"{cfg.train.output_dir}/checkpoints: formulation.corrector needs a trained "
+                                           "regression (checkpoint_*_" + stage_suffix('regression', cfg.train.suffix) +
+                                           ".pt): train.stage=all, or train.stage=regression first")
     return path
 
 # %% ../nbs/10_train.ipynb #bab17ff0
@@ -531,20 +548,31 @@ def training_latents_scale(vae: nn.Module, data: Data, cfg: Config, d: Dist, n: 
     clips = torch.stack([model_target(ds[i], cfg) for i in range(min(n, len(ds)))])
     return broadcast_float(measure_scaling_factor(vae, clips.split(data.train.batch_size)), d)
 
+def frozen_regressor(cfg: Config, ckpt: dict | None, d: Dist) -> tuple[nn.Module | None, dict | None]:
+    "(the corrector's frozen regression U-Net, the regression checkpoint it came from) — (None, None) without one."
+    if not cfg.formulation.corrector: return None, None
+    reg_ckpt = None if ckpt else load_checkpoint(find_regression_checkpoint(cfg))
+    unet = build_unet(cfg).to(d.device).eval().requires_grad_(False)
+    unet.load_state_dict(ckpt['models']['regressor'] if ckpt else reg_ckpt['models']['unet_ema'])
+    return unet, reg_ckpt
+
 def latent_stage(name: str, cfg: Config, data: Data, d: Dist, ckpt: dict | None = None, vae_ckpt: dict | None = None) -> Stage:
     "Stage `diffusion` or `regression`: frozen VAE, latent scale, U-Net + EMA (resumed from `ckpt`), loss, validation."
-    vae = frozen_vae(cfg, ckpt or vae_ckpt or load_checkpoint(find_vae_checkpoint(cfg)), d)
-    scale = ckpt['scaling_factor'] if ckpt else training_latents_scale(vae, data, cfg, d)
+    reg = name == 'regression'
+    regressor, reg_ckpt = (None, None) if reg else frozen_regressor(cfg, ckpt, d)
+    vae = frozen_vae(cfg, ckpt or reg_ckpt or vae_ckpt or load_checkpoint(find_vae_checkpoint(cfg)), d)
+    scale = (ckpt or reg_ckpt or {}).get('scaling_factor') or training_latents_scale(vae, data, cfg, d)
     unet = build_unet(cfg).to(d.device)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     if ckpt: unet.load_state_dict(ckpt['models']['unet']); ema.load_state_dict(ckpt['models']['unet_ema'])
     diffusion = GaussianDiffusion(cfg.diffusion).to(d.device)
-    reg = name == 'regression'
-    loss = (RegressionLoss if reg else DiffusionLoss)(torch.compile(unet) if cfg.train.compile else unet, diffusion, vae, scale,
-                                                     cfg, d.device)
+    net = torch.compile(unet) if cfg.train.compile else unet
+    loss = RegressionLoss(net, diffusion, vae, scale, cfg, d.device) if reg else \
+        DiffusionLoss(net, diffusion, vae, scale, cfg, d.device, regressor)
     steps = cfg.train.regression_max_steps if reg else cfg.train.max_steps
-    return Stage(name, loss, unet, lambda step: validate_latent(ema, diffusion, vae, scale, data.val, cfg, d.device, reg),
-                 lambda: {'vae': state_of(vae), 'unet': state_of(unet), 'unet_ema': state_of(ema)}, steps, scale, ema)
+    def models(): return {'vae': state_of(vae), 'unet': state_of(unet), 'unet_ema': state_of(ema), 'regressor': state_of(regressor)}
+    return Stage(name, loss, unet, lambda step: validate_latent(ema, diffusion, vae, scale, data.val, cfg, d.device, reg, regressor),
+                 models, steps, scale, ema)
 
 # %% ../nbs/10_train.ipynb #f6947c18
 def diffusion_loader(stage: Stage, cfg: Config, data: Data, d: Dist) -> DataLoader:
@@ -621,7 +649,7 @@ def claimed_run(train_fn: Callable) -> Callable:
     return run
 
 # %% ../nbs/10_train.ipynb #a7b49b2e
-STAGES = {'both': ['vae', 'diffusion'], 'all': ['vae', 'diffusion', 'regression']}
+STAGES = {'both': ['vae', 'diffusion'], 'all': ['vae', 'regression', 'diffusion']}    # the corrector needs the regression
 
 @claimed_run
 def train(cfg: Config) -> dict:
