@@ -296,7 +296,8 @@ def resolve_resume(resume: str, ckpt_dir, suffix: str, run_id: str | None = None
 RUN_FILE, LOCK_NAME = 'run.json', '.lock'
 RESUMABLE = ('data.root', 'data.cache_dir', 'data.num_workers', 'train.stage', 'train.output_dir', 'train.resume',
              'train.max_steps', 'train.vae_max_steps', 'train.regression_max_steps', 'train.checkpoint_every',
-             'train.validate_every', 'train.log_every', 'train.keep_last', 'train.val_clips', 'train.early_stop_patience', 'train.compile',
+             'train.validate_every', 'train.log_every', 'train.keep_last', 'train.val_clips',
+             'train.early_stop_patience', 'train.compile',
              'train.cache_latents')   # may change between a run and its resume (as may the whole infer section)
 
 class RunError(RuntimeError):
