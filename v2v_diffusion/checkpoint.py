@@ -34,7 +34,8 @@ def rng_state() -> dict:
     version, py_state, py_gauss = random.getstate()
     return {'torch': torch.get_rng_state(),
             'cuda': torch.cuda.get_rng_state() if torch.cuda.is_available() else None,   # this rank's device only
-            'numpy': {'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos), 'has_gauss': int(has_gauss), 'gauss': float(gauss)},
+            'numpy': {'keys': torch.from_numpy(keys.astype(np.int64)), 'pos': int(pos), 'has_gauss': int(has_gauss),
+                      'gauss': float(gauss)},
             'python': {'version': int(version), 'state': torch.tensor(py_state, dtype=torch.int64), 'gauss': py_gauss}}
 
 def set_rng_state(s: dict):
@@ -56,11 +57,15 @@ def _fsync_dir(d: Path):
 
 def atomic_save(obj, path) -> Path:
     "`torch.save(obj)` to `path` via temp file + fsync + `os.replace`."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + '.tmp')
     with open(tmp, 'wb') as f:
-        torch.save(obj, f); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path); _fsync_dir(path.parent)
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
     return path
 
 def atomic_write_text(path, text: str) -> Path:
@@ -146,7 +151,8 @@ def parse_checkpoint_name(name: str) -> dict | None:
 def list_checkpoints(ckpt_dir, suffix: str | None = None, kind: str | None = None) -> list[Path]:
     "Checkpoint files in `ckpt_dir` with exactly `suffix` (any if None) and `kind`, step files by step."
     out = [(p, parse_checkpoint_name(p.name)) for p in Path(ckpt_dir).glob('checkpoint_*.pt')]
-    out = [(p, i) for p, i in out if i and (suffix is None or i['suffix'] == suffix) and (kind is None or i['kind'] == kind)]
+    keep = lambda i: i and (suffix is None or i['suffix'] == suffix) and (kind is None or i['kind'] == kind)
+    out = [(p, i) for p, i in out if keep(i)]
     return [p for p, i in sorted(out, key=lambda o: (o[1]['kind'], o[1]['step'], o[1]['epoch']))]
 
 # %% ../nbs/09_checkpoint.ipynb #b51505e1
@@ -203,7 +209,8 @@ def save_checkpoint(ckpt: dict, ckpt_dir, *, suffix: str, keep_last: int = 1, is
     if bad := nonfinite_tensors({'models': ckpt['models'], 'optimizer': ckpt['optimizer']}):
         raise NonFiniteError(f"refusing to save step {ckpt['step']}: NaN/inf in {', '.join(bad[:3])}"
                              + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else ''))
-    d = Path(ckpt_dir); d.mkdir(parents=True, exist_ok=True)
+    d = Path(ckpt_dir)
+    d.mkdir(parents=True, exist_ok=True)
     _remove_strays(d, suffix)
     info = {'run_id': ckpt.get('run_id'), 'step': int(ckpt['step'])}
     step = d / checkpoint_name('step', suffix, step=ckpt['step'])
@@ -241,7 +248,8 @@ def load_checkpoint(path, map_location='cpu', *, mmap: bool = False, verify: boo
     if verify: verify_checksum(path)
     try: ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:
-        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupted?): {type(e).__name__}: {e}") from e
+        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupted?): "
+                              f"{type(e).__name__}: {e}") from e
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(CHECKPOINT_KEYS)
     if missing: raise CheckpointError(f"{path}: not a v2v-diffusion checkpoint (missing keys {missing})")
     return ckpt
@@ -287,8 +295,9 @@ def resolve_resume(resume: str, ckpt_dir, suffix: str, run_id: str | None = None
 # %% ../nbs/09_checkpoint.ipynb #452234e5
 RUN_FILE, LOCK_NAME = 'run.json', '.lock'
 RESUMABLE = ('data.root', 'data.cache_dir', 'data.num_workers', 'train.stage', 'train.output_dir', 'train.resume',
-             'train.max_steps', 'train.vae_max_steps', 'train.regression_max_steps', 'train.checkpoint_every', 'train.validate_every',
-             'train.log_every', 'train.keep_last', 'train.val_clips', 'train.early_stop_patience', 'train.compile',
+             'train.max_steps', 'train.vae_max_steps', 'train.regression_max_steps', 'train.checkpoint_every',
+             'train.validate_every', 'train.log_every', 'train.keep_last', 'train.val_clips',
+             'train.early_stop_patience', 'train.compile',
              'train.cache_latents')   # may change between a run and its resume (as may the whole infer section)
 
 class RunError(RuntimeError):
@@ -398,7 +407,8 @@ def _stage_of_suffix(suffix: str) -> str:
 
 def pipeline_checkpoints(run_dir, stage: str | None = None) -> list[Path]:
     "Checkpoint files of a run folder (of `stage`), preferred first: diffusion > regression > VAE, best > last > step."
-    d = Path(run_dir); d = d / 'checkpoints' if (d / 'checkpoints').is_dir() else d
+    d = Path(run_dir)
+    d = d / 'checkpoints' if (d / 'checkpoints').is_dir() else d
     rank, order = {'best': 0, 'last': 1, 'step': 2}, {'diffusion': 0, 'regression': 1, 'vae': 2}
     def key(p):
         i = parse_checkpoint_name(p.name)
@@ -426,7 +436,8 @@ def _first_loadable(files: list[Path], map_location) -> tuple[Path, dict]:
 def _unet(cfg: Config, state: dict | None) -> nn.Module | None:
     "The U-Net of `cfg` with weights `state` (None without)."
     if state is None: return None
-    unet = build_unet(cfg); unet.load_state_dict(state)
+    unet = build_unet(cfg)
+    unet.load_state_dict(state)
     return unet
 
 def load_pipeline(path_or_run_dir, map_location='cpu', use_ema: bool = True, stage: str | None = None) -> Pipeline:
@@ -435,7 +446,8 @@ def load_pipeline(path_or_run_dir, map_location='cpu', use_ema: bool = True, sta
     files = pipeline_checkpoints(path, stage) if path.is_dir() else [path]
     path, ckpt = _first_loadable(files, map_location)
     cfg, models = config_from_dict(ckpt['config']), ckpt['models']
-    vae = VAE(cfg.vae); vae.load_state_dict(models['vae'])
+    vae = VAE(cfg.vae)
+    vae.load_state_dict(models['vae'])
     key = 'unet_ema' if use_ema and models.get('unet_ema') is not None else 'unet'
     unet, regressor = (_unet(cfg, models.get(k)) for k in (key, 'regressor'))
     diffusion = GaussianDiffusion(cfg.diffusion)

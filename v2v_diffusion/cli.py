@@ -4,9 +4,18 @@
 
 # %% ../nbs/13_cli.ipynb #bc698e62
 from __future__ import annotations
-import argparse, importlib, json, os, re, shutil, sys, time
+import argparse, json, os, re, shutil, sys, time
 from pathlib import Path
+import torch
 from .runtime import set_torch_threads
+from .windowing import Window
+from .checkpoint import (CheckpointError, NonFiniteError, RunError, atomic_write_text, folder_lock,
+                                      load_pipeline)
+from . import data, train, phantom, bench
+from .inference import read_input, infer_posterior, export_posterior, montage
+from .evaluate import evaluate, volume_metrics, baseline_predictions
+from .report import md_table, metric_table
+from .demo import run_demo, run_quality
 
 # %% auto #0
 __all__ = ['CPU_PRESET_HINT', 'prepare_script', 'train_script', 'infer_script', 'eval_script', 'phantom_script', 'bench_script',
@@ -16,43 +25,36 @@ __all__ = ['CPU_PRESET_HINT', 'prepare_script', 'train_script', 'infer_script', 
 
 # %% ../nbs/13_cli.ipynb #64726666
 CPU_PRESET_HINT = ("v2v-train: no GPU here and no --preset or --config, so the seed-size default preset trains "
-                   "on the CPU: "
-                   "minutes per step before the first progress line. For a quick CPU run use --preset tiny "
+                   "on the CPU: minutes per step before the first progress line. For a quick CPU run use --preset tiny "
                    "(v2v-demo trains it end to end in minutes).")
 
 def cpu_preset_hint(argv) -> str | None:
     "The hint `v2v-train` prints for `argv` when it would train the default preset without a GPU; None otherwise."
     if any(a.split('=')[0] in ('--preset', '--config', '-h', '--help') for a in argv): return None
-    import torch
     return None if torch.cuda.is_available() else CPU_PRESET_HINT
 
 # %% ../nbs/13_cli.ipynb #097f8854
-def _delegate(module: str, name: str, argv, prog: str):
-    "Call `v2v_diffusion.<module>.<name>(argv)`, importing it now; a clear exit if the module is missing."
-    try: mod = importlib.import_module(f'v2v_diffusion.{module}')
-    except ImportError as e: raise SystemExit(f"{prog}: v2v_diffusion.{module} is not available ({e})") from None
-    return getattr(mod, name)(argv)
-
 def prepare_main(argv=None):
     "`v2v-prepare --root DATA_ROOT --cache-dir DIR [--workers N]` (data.prepare_main)."
-    return _delegate('data', 'prepare_main', argv, 'v2v-prepare')
+    return data.prepare_main(argv)
 
 def train_main(argv=None):
     "`v2v-train ...` (train.train_main); without a GPU, `--preset` or `--config`, first a hint to use `--preset tiny`."
     if (hint := cpu_preset_hint(sys.argv[1:] if argv is None else argv)): print(hint, file=sys.stderr, flush=True)
-    return _delegate('train', 'train_main', argv, 'v2v-train')
+    return train.train_main(argv)
 
 def phantom_main(argv=None):
     "`v2v-phantom --out DIR ...` (phantom.phantom_main)."
-    return _delegate('phantom', 'phantom_main', argv, 'v2v-phantom')
+    return phantom.phantom_main(argv)
 
 def bench_main(argv=None):
     "`v2v-bench [--out BENCHMARKS.md]` (bench.bench_main)."
-    return _delegate('bench', 'bench_main', argv, 'v2v-bench')
+    return bench.bench_main(argv)
 
 # %% ../nbs/13_cli.ipynb #c59626c7
 def infer_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='v2v-infer', description='Thick DICOM series -> thin volume (DICOM, NIfTI, PNG montages).')
+    p = argparse.ArgumentParser(prog='v2v-infer',
+                                description='Thick DICOM series -> thin volume (DICOM, NIfTI, PNG montages).')
     p.add_argument('--checkpoint', required=True, help='checkpoint file or training run folder')
     p.add_argument('--input', required=True, help='zip or folder of DICOM files, or a dataset root with --case')
     p.add_argument('--case', help='case id in the dataset root given as --input')
@@ -62,7 +64,8 @@ def infer_parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, help='sampling seed (default: infer.seed)')
     p.add_argument('--overlap', type=int, help='thin frames shared by neighbouring windows (default: infer.overlap)')
     p.add_argument('--batch-size', type=int, help='windows sampled together (default: infer.batch_size)')
-    p.add_argument('--samples', type=int, help='K posterior samples: output their mean, std as uncertainty (default: infer.num_samples)')
+    p.add_argument('--samples', type=int,
+                   help='K posterior samples: output their mean, std as uncertainty (default: infer.num_samples)')
     p.add_argument('--thin-spacing', type=float, help='output slice spacing in mm (default: ground truth or 1.0)')
     p.add_argument('--copy-patient-tags', action='store_true', help='copy patient/study tags (default: de-identify)')
     p.add_argument('--no-ema', action='store_true', help='use the raw U-Net weights instead of the EMA')
@@ -71,7 +74,6 @@ def infer_parser() -> argparse.ArgumentParser:
 
 def _device(name: str) -> str:
     "`--device`: auto is cuda when there is a GPU, else cpu; a missing CUDA device is a `ValueError` saying so."
-    import torch
     if name == 'auto': return 'cuda' if torch.cuda.is_available() else 'cpu'
     if not re.fullmatch(r'cpu|cuda(:\d+)?', name): raise ValueError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
     if name.startswith('cuda') and not torch.cuda.is_available():
@@ -113,24 +115,24 @@ def _swap_in(tmp: Path, out: Path):
 
 def _infer_into(a, tmp: Path, out: Path, device: str, t0: float) -> dict:
     "Run inference as `a` says, writing into `tmp`; the summary names the files as they will be under `out`."
-    from v2v_diffusion.checkpoint import load_pipeline, atomic_write_text
-    from v2v_diffusion import inference as inf
-    try: thick, truth, name = inf.read_input(a.input, a.case, cache_dir=None)
+    try: thick, truth, name = read_input(a.input, a.case, cache_dir=None)
     except (ValueError, OSError) as e: raise InputError(str(e)) from None
     pipe = load_pipeline(a.checkpoint, map_location=device, use_ema=not a.no_ema)
-    if pipe.unet is None: raise SystemExit(f"v2v-infer: {pipe.path} is a VAE-stage checkpoint; give a diffusion checkpoint or run folder")
+    if pipe.unet is None:
+        raise SystemExit(f"v2v-infer: {pipe.path} is a VAE-stage checkpoint; give a diffusion checkpoint or run folder")
     keep_tags = a.copy_patient_tags or pipe.cfg.infer.copy_patient_tags
     spacing = a.thin_spacing or (float(truth.spacing[0]) if truth is not None else 1.0)
     grid = truth.z if truth is not None and not a.thin_spacing else None
-    post = inf.infer_posterior(pipe, thick, num_samples=a.samples, steps=a.steps, eta=a.eta, seed=a.seed, overlap=a.overlap,
-                               batch_size=a.batch_size, thin_z=grid, thin_spacing=spacing)
+    post = infer_posterior(pipe, thick, num_samples=a.samples, steps=a.steps, eta=a.eta, seed=a.seed, overlap=a.overlap,
+                           batch_size=a.batch_size, thin_z=grid, thin_spacing=spacing)
     thin = post.mean
-    res = inf.export_posterior(post, tmp, reference_meta=thick.meta, copy_patient_tags=keep_tags)
-    for v in ('axial', 'coronal'): inf.montage(thick, tmp / f'thick_{v}.png', view=v, title=f'input (thick) {v}')
+    res = export_posterior(post, tmp, reference_meta=thick.meta, copy_patient_tags=keep_tags)
+    for v in ('axial', 'coronal'): montage(thick, tmp / f'thick_{v}.png', view=v, title=f'input (thick) {v}')
     final = {k: str(out / Path(res[k]).relative_to(tmp)) for k in ('dicom', 'nifti', 'std')}
     summary = dict(input=str(a.input), case=name) if keep_tags else {}        # input names are patient data
     summary |= dict(checkpoint=str(pipe.path), thick_shape=list(thick.hu.shape), thin_shape=list(thin.hu.shape),
-                    thin_spacing_mm=float(thin.spacing[0]), **final, samples=post.num_samples, seconds=round(time.time() - t0, 1))
+                    thin_spacing_mm=float(thin.spacing[0]), **final, samples=post.num_samples,
+                    seconds=round(time.time() - t0, 1))
     if truth is not None and grid is not None: summary['metrics'] = _quick_metrics(pipe, thick, truth, thin)
     atomic_write_text(tmp / 'summary.json', json.dumps(summary, indent=1))
     return summary
@@ -138,7 +140,6 @@ def _infer_into(a, tmp: Path, out: Path, device: str, t0: float) -> dict:
 def infer_main(argv=None) -> dict:
     "`v2v-infer`: a thick series to a thin DICOM series, NIfTI file and PNG montages (`--out` replaced as a whole)."
     a = infer_parser().parse_args(argv)
-    from v2v_diffusion.checkpoint import folder_lock
     t0, out, device = time.time(), _check_out(Path(a.out)), _device(a.device)
     with folder_lock(out.parent, 'v2v-infer', name=f'.{out.name}.lock', label=f'--out {out}'):
         for stale in out.parent.glob(f'.{out.name}.partial-*'): shutil.rmtree(stale, ignore_errors=True)
@@ -154,8 +155,6 @@ def infer_main(argv=None) -> dict:
 
 def _quick_metrics(pipe, thick, truth, thin) -> dict:
     "PSNR/SSIM/HU MAE of the model and the interpolation baselines against the ground truth."
-    from v2v_diffusion.evaluate import volume_metrics, baseline_predictions
-    from v2v_diffusion.windowing import Window
     w = Window(pipe.cfg.data.window_center, pipe.cfg.data.window_width)
     preds = baseline_predictions(thick, truth.z, pipe.cfg.formulation.slice_profile) | {'model': thin.hu}
     return {m: {k: round(v, 4) for k, v in volume_metrics(p, truth.hu, w).items() if k in ('psnr', 'ssim', 'hu_mae')}
@@ -163,59 +162,62 @@ def _quick_metrics(pipe, thick, truth, thin) -> dict:
 
 # %% ../nbs/13_cli.ipynb #7744b6e1
 def eval_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='v2v-eval', description='Model vs ground truth vs interpolation baselines and the VAE bound: a Markdown/HTML report.')
+    p = argparse.ArgumentParser(prog='v2v-eval', description='Model vs ground truth vs interpolation baselines and '
+                                'the VAE bound: a Markdown/HTML report.')
     p.add_argument('--checkpoint', required=True, help='checkpoint file or training run folder')
     p.add_argument('--root', required=True, help='dataset root (<category>/<case>.zip)')
     p.add_argument('--split', default='test', choices=['train', 'val', 'test', 'all'])
     p.add_argument('--out', required=True, help='report folder')
     p.add_argument('--steps', type=int, help='DDIM steps (default: the checkpoint config)')
-    p.add_argument('--eta', type=float); p.add_argument('--seed', type=int); p.add_argument('--overlap', type=int)
+    p.add_argument('--eta', type=float)
+    p.add_argument('--seed', type=int)
+    p.add_argument('--overlap', type=int)
     p.add_argument('--batch-size', type=int)
-    p.add_argument('--cache-dir', help='decoded-volume cache and splits.json (default: data.cache_dir of the checkpoint)')
+    p.add_argument('--cache-dir', 
+                   help='decoded-volume cache and splits.json (default: data.cache_dir of the checkpoint)')
     p.add_argument('--max-cases', type=int, help='evaluate at most N cases')
     p.add_argument('--samples', type=int, help='K posterior samples (default: infer.num_samples)')
     p.add_argument('--slice-drop', type=int, default=0, metavar='N',
                    help='thick-only evaluation: keep every N-th thick slice, score the rebuilt dropped ones')
     p.add_argument('--no-regression', action='store_true', help="skip the run folder's regression baseline")
-    p.add_argument('--no-ema', action='store_true'); p.add_argument('--device', default='auto')
+    p.add_argument('--no-ema', action='store_true')
+    p.add_argument('--device', default='auto')
     return p
 
 def eval_main(argv=None) -> dict:
     "`v2v-eval`: evaluate a checkpoint on a dataset split; writes report.md, report.html, metrics.json."
     a = eval_parser().parse_args(argv)
-    from v2v_diffusion.checkpoint import load_pipeline, folder_lock
-    from v2v_diffusion.evaluate import evaluate
-    from v2v_diffusion.report import md_table, metric_table
     device, out = _device(a.device), writable_dir(a.out, '--out')
     with folder_lock(out, 'v2v-eval', label=f'--out {out}'):
         pipe = load_pipeline(a.checkpoint, map_location=device, use_ema=not a.no_ema)
         reg = _regression_of(a.checkpoint, device, not a.no_ema) if not a.no_regression else None
         res = evaluate(pipe, a.root, out, split=a.split, cache_dir=a.cache_dir, regression=reg, slice_drop=a.slice_drop,
-                       max_cases=a.max_cases, num_samples=a.samples, steps=a.steps, eta=a.eta, seed=a.seed, overlap=a.overlap,
-                       batch_size=a.batch_size)
-    print(md_table(metric_table(res['summary']))); print(res['verdict']); print(f"report: {res['report']}")
+                       max_cases=a.max_cases, num_samples=a.samples, steps=a.steps, eta=a.eta, seed=a.seed,
+                       overlap=a.overlap, batch_size=a.batch_size)
+    print(md_table(metric_table(res['summary'])))
+    print(res['verdict'])
+    print(f"report: {res['report']}")
     return res
 
 def _regression_of(checkpoint, device: str, use_ema: bool):
     "The regression baseline of a run folder, or None (a file, or a run without one)."
-    from v2v_diffusion.checkpoint import load_pipeline, CheckpointError
     if not Path(checkpoint).is_dir(): return None
     try: return load_pipeline(checkpoint, map_location=device, use_ema=use_ema, stage='regression')
     except CheckpointError: return None
 
 # %% ../nbs/13_cli.ipynb #15a69181
 def demo_main(argv=None) -> dict:
-    "`v2v-demo [--out runs/demo]`: phantoms → residual VAE → diffusion + regression → inference → report, on a CPU."
+    "`v2v-demo [--out runs/demo]`: phantoms → VAE → diffusion + regression → inference → report, on a CPU."
     p = argparse.ArgumentParser(prog='v2v-demo', description='End-to-end demo on phantom data (CPU, minutes).')
     p.add_argument('--out', default='runs/demo')
     p.add_argument('--vae-steps', type=int, help='VAE optimizer steps (default: the demo preset)')
     p.add_argument('--diffusion-steps', type=int, help='diffusion optimizer steps (default: the demo preset)')
-    p.add_argument('--regression-steps', type=int, help='regression baseline optimizer steps (default: the demo preset)')
+    p.add_argument('--regression-steps', type=int,
+                   help='regression baseline optimizer steps (default: the demo preset)')
     p.add_argument('--samples', type=int, help='K posterior samples (default: the demo preset)')
     p.add_argument('--extra-cases', type=int, help='phantom cases generated besides data_samples')
     p.add_argument('--fresh', action='store_true', help='delete --out first (default: reuse data and resume training)')
     a = p.parse_args(argv)
-    from v2v_diffusion.demo import run_demo
     kw = dict(vae_steps=a.vae_steps, diffusion_steps=a.diffusion_steps, regression_steps=a.regression_steps,
               num_samples=a.samples, extra_cases=a.extra_cases)
     kw = {k: v for k, v in kw.items() if v is not None}
@@ -223,22 +225,25 @@ def demo_main(argv=None) -> dict:
 
 def quality_main(argv=None) -> dict:
     "`v2v-quality`: the ablation of the formulation on the demo's data → docs/QUALITY.md."
-    p = argparse.ArgumentParser(prog='v2v-quality', description='Ablation: what each part of the formulation buys (CPU, ~half an hour).')
-    p.add_argument('--out', default='runs/quality'); p.add_argument('--demo-dir', default='runs/demo')
+    p = argparse.ArgumentParser(prog='v2v-quality',
+                                description='Ablation: what each part of the formulation buys (CPU, ~half an hour).')
+    p.add_argument('--out', default='runs/quality')
+    p.add_argument('--demo-dir', default='runs/demo')
     p.add_argument('--doc', default='docs/QUALITY.md')
     for k in ('vae', 'diffusion', 'regression'):
-        p.add_argument(f'--{k}-steps', type=int, help=f'{k} optimizer steps of every variant (default: the demo preset)')
+        p.add_argument(f'--{k}-steps', type=int,
+                       help=f'{k} optimizer steps of every variant (default: the demo preset)')
     a = p.parse_args(argv)
-    from v2v_diffusion.demo import run_quality
-    kw = {f'{k}_steps': getattr(a, f'{k}_steps') for k in ('vae', 'diffusion', 'regression') if getattr(a, f'{k}_steps')}
+    steps = {f'{k}_steps': getattr(a, f'{k}_steps') for k in ('vae', 'diffusion', 'regression')}
+    kw = {k: v for k, v in steps.items() if v}
     return run_quality(a.out, a.doc, a.demo_dir, **kw)
 
 # %% ../nbs/13_cli.ipynb #3aec4e78
-_USER_ERRORS = {'CheckpointError', 'RunError', 'NonFiniteError'}   # and ValueError (ConfigError, DicomError), OSError
+_USER_ERRORS = (ValueError, OSError, CheckpointError, RunError, NonFiniteError)   # ValueError: ConfigError, DicomError
 
 def _user_error(e: BaseException) -> bool:
     "Whether `e` is one a user causes and can fix: a bad config, path, input or device, a busy or foreign folder."
-    return isinstance(e, (ValueError, OSError)) or bool({c.__name__ for c in type(e).__mro__} & _USER_ERRORS)
+    return isinstance(e, _USER_ERRORS)
 
 def _one_line(e: BaseException, limit: int = 400) -> str:
     "The message of `e` on one line, at most `limit` characters."
@@ -246,7 +251,7 @@ def _one_line(e: BaseException, limit: int = 400) -> str:
     return msg if len(msg) <= limit else msg[:limit] + ' ...'
 
 def _console(main):
-    "A console-script entry for `main` (on `sys.argv` by default): threads set, 0 when it returns, 2 + one line for a user error."
+    "Console-script entry for `main` (argv: `sys.argv`): threads set; exit 0 on return, 2 and one line on a user error."
     prog = 'v2v-' + main.__name__.removesuffix('_main')
     def entry(argv=None) -> int:
         set_torch_threads()
@@ -266,5 +271,6 @@ def _console(main):
     entry.__doc__ = f"Console script of `{main.__name__}`: {main.__doc__}"
     return entry
 
-prepare_script, train_script, infer_script, eval_script, phantom_script, bench_script, demo_script, quality_script = map(
+(prepare_script, train_script, infer_script, eval_script, phantom_script, bench_script, demo_script,
+ quality_script) = map(
     _console, (prepare_main, train_main, infer_main, eval_main, phantom_main, bench_main, demo_main, quality_main))

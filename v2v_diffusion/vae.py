@@ -4,91 +4,16 @@
 
 # %% ../nbs/05_vae.ipynb #a06cd39c
 from __future__ import annotations
-import math
 from typing import Iterable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 from .config import VAEConfig
+from .layers import GroupNorm, conv3d, run_block, ResBlock, SpaceTimeAttention, Upsample
 
 # %% auto #0
-__all__ = ['GroupNorm', 'conv3d', 'run_block', 'ResBlock', 'sinusoidal_embedding', 'AxialAttention', 'SpaceTimeAttention',
-           'DiagonalGaussian', 'Encoder', 'Upsample', 'Decoder', 'VAE', 'count_parameters', 'temporal_receptive_field',
+__all__ = ['DiagonalGaussian', 'Encoder', 'Decoder', 'VAE', 'count_parameters', 'temporal_receptive_field',
            'measure_scaling_factor']
-
-# %% ../nbs/05_vae.ipynb #4d6a4d35
-class GroupNorm(nn.GroupNorm):
-    "GroupNorm over (B,C,...) that keeps the input dtype under autocast (statistics still accumulate in fp32)."
-    def forward(self, x):
-        with torch.autocast(x.device.type, enabled=False):
-            return F.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
-
-def conv3d(c_in: int, c_out: int, kt: int = 3, k: int = 3, stride: int = 1) -> nn.Conv3d:
-    "A `(kt,k,k)` Conv3d that keeps T (stride 1 and 'same' padding along T) and strides only H, W."
-    return nn.Conv3d(c_in, c_out, (kt, k, k), stride=(1, stride, stride), padding=(kt // 2, k // 2, k // 2))
-
-def run_block(block: nn.Module, *args, grad_checkpointing: bool = False):
-    "Call `block(*args)`, through activation checkpointing when asked and gradients are being recorded."
-    if grad_checkpointing and torch.is_grad_enabled() and block.training:
-        return checkpoint(block, *args, use_reentrant=False)
-    return block(*args)
-
-# %% ../nbs/05_vae.ipynb #227c04be
-class ResBlock(nn.Module):
-    "Residual block on (B,C,T,H,W); T-preserving `(kt,3,3)` convs; optional timestep FiLM (B,emb_dim)."
-    def __init__(self, c_in: int, c_out: int, *, groups: int, kt: int = 3, emb_dim: int | None = None, dropout: float = 0.0):
-        super().__init__()
-        self.norm1, self.conv1 = GroupNorm(groups, c_in), conv3d(c_in, c_out, kt)
-        self.emb = nn.Linear(emb_dim, 2 * c_out) if emb_dim else None
-        self.norm2, self.drop, self.conv2 = GroupNorm(groups, c_out), nn.Dropout(dropout), conv3d(c_out, c_out, kt)
-        self.skip = nn.Conv3d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-
-    def forward(self, x, emb=None):
-        h = self.norm2(self.conv1(F.silu(self.norm1(x))))
-        if self.emb is not None:
-            scale, shift = self.emb(F.silu(emb))[:, :, None, None, None].chunk(2, dim=1)
-            h = torch.addcmul(shift, h, 1 + scale)
-        return self.skip(x) + self.conv2(self.drop(F.silu(h)))
-
-# %% ../nbs/05_vae.ipynb #738a3f5e
-def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    "(N,) positions or timesteps → (N, dim) float32 [cos | sin] features (Vaswani et al. 2017)."
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    args = t.float()[:, None] * freqs[None]
-    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    return F.pad(emb, (0, dim % 2))
-
-# %% ../nbs/05_vae.ipynb #5a8dcb63
-class AxialAttention(nn.Module):
-    "Residual multi-head self-attention on (B,C,T,H,W) along `axis`: 'space' (H·W tokens per frame) or 'time' (T tokens per pixel)."
-    def __init__(self, channels: int, *, heads: int, groups: int, axis: str):
-        super().__init__()
-        if axis not in ('space', 'time'): raise ValueError(f"AxialAttention: axis={axis!r}, valid: 'space', 'time'")
-        if channels % heads: raise ValueError(f"AxialAttention: channels={channels} must divide by heads={heads}")
-        self.axis, self.heads = axis, heads
-        self.norm, self.qkv, self.proj = GroupNorm(groups, channels), nn.Linear(channels, 3 * channels), nn.Linear(channels, channels)
-
-    def forward(self, x):
-        B, C, T, H, W = x.shape
-        h = self.norm(x)
-        if self.axis == 'space': h = h.permute(0, 2, 3, 4, 1).reshape(B * T, H * W, C)
-        else:
-            h = h.permute(0, 3, 4, 2, 1).reshape(B * H * W, T, C)
-            h = h + sinusoidal_embedding(torch.arange(T, device=x.device), C).to(h.dtype)
-        N, L = h.shape[:2]
-        q, k, v = self.qkv(h).view(N, L, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        o = self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(N, L, C))
-        o = o.view(B, T, H, W, C).permute(0, 4, 1, 2, 3) if self.axis == 'space' else o.view(B, H, W, T, C).permute(0, 4, 3, 1, 2)
-        return x + o
-
-# %% ../nbs/05_vae.ipynb #157b6ba2
-class SpaceTimeAttention(nn.Sequential):
-    "Factorized attention on (B,C,T,H,W): over space within each frame, then over time at each position."
-    def __init__(self, channels: int, *, heads: int, groups: int):
-        super().__init__(AxialAttention(channels, heads=heads, groups=groups, axis='space'),
-                         AxialAttention(channels, heads=heads, groups=groups, axis='time'))
 
 # %% ../nbs/05_vae.ipynb #f8dddb23
 class DiagonalGaussian:
@@ -111,14 +36,18 @@ class DiagonalGaussian:
 
 # %% ../nbs/05_vae.ipynb #07a032fd
 def _check_vae_config(cfg: VAEConfig):
-    "Raise ValueError naming the rule when `cfg` cannot build a VAE."
-    if len(cfg.channels) < 1 or min(cfg.channels) <= 0: raise ValueError(f"VAE: channels={cfg.channels} needs >= 1 positive width")
-    if any(c % cfg.norm_groups for c in cfg.channels): raise ValueError(f"VAE: every channels entry {cfg.channels} must divide by norm_groups={cfg.norm_groups}")
-    if cfg.temporal_kernel < 1 or cfg.temporal_kernel % 2 == 0: raise ValueError(f"VAE: temporal_kernel={cfg.temporal_kernel} must be odd and >= 1 (T is kept)")
-    if cfg.num_res_blocks < 1 or cfg.latent_channels < 1: raise ValueError(f"VAE: num_res_blocks and latent_channels must be >= 1")
+    "Raise ValueError naming the rule when `cfg` cannot build a VAE (the one validator of encoder and decoder)."
+    if len(cfg.channels) < 1 or min(cfg.channels) <= 0:
+        raise ValueError(f"VAE: channels={cfg.channels} needs >= 1 positive width")
+    if any(c % cfg.norm_groups for c in cfg.channels):
+        raise ValueError(f"VAE: every channels entry {cfg.channels} must divide by norm_groups={cfg.norm_groups}")
+    if cfg.temporal_kernel < 1 or cfg.temporal_kernel % 2 == 0:
+        raise ValueError(f"VAE: temporal_kernel={cfg.temporal_kernel} must be odd and >= 1 (T is kept)")
+    if cfg.num_res_blocks < 1 or cfg.latent_channels < 1:
+        raise ValueError("VAE: num_res_blocks and latent_channels must be >= 1")
 
 class _ConvStack(nn.Module):
-    "conv_in → blocks (each checkpointed when `grad_checkpointing`) → GroupNorm, SiLU, conv_out: the shape of encoder and decoder."
+    "conv_in → blocks (each checkpointed when `grad_checkpointing`) → GroupNorm, SiLU, conv_out: encoder and decoder."
     def forward(self, x):
         h = self.conv_in(x)
         for blk in self.blocks: h = run_block(blk, h, grad_checkpointing=self.grad_checkpointing)
@@ -128,33 +57,35 @@ class Encoder(_ConvStack):
     "(B,in,T,H,W) → (B,2·latent,T,H/f,W/f) with f = 2**(len(channels)-1)."
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        _check_vae_config(cfg); ch, g, kt = cfg.channels, cfg.norm_groups, cfg.temporal_kernel
+        _check_vae_config(cfg)
+        ch, g, kt = cfg.channels, cfg.norm_groups, cfg.temporal_kernel
         self.grad_checkpointing, self.conv_in = cfg.grad_checkpointing, conv3d(cfg.in_channels, ch[0], kt)
         blocks, c = [], ch[0]
         for i, c_out in enumerate(ch):
-            for _ in range(cfg.num_res_blocks): blocks.append(ResBlock(c, c_out, groups=g, kt=kt)); c = c_out
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResBlock(c, c_out, groups=g, kt=kt))
+                c = c_out
             if i < len(ch) - 1: blocks.append(conv3d(c, c, kt, stride=2))
         blocks.append(SpaceTimeAttention(c, heads=1, groups=g))
-        self.blocks, self.norm_out, self.conv_out = nn.ModuleList(blocks), GroupNorm(g, c), conv3d(c, 2 * cfg.latent_channels, kt)
+        self.blocks, self.norm_out = nn.ModuleList(blocks), GroupNorm(g, c)
+        self.conv_out = conv3d(c, 2 * cfg.latent_channels, kt)
 
 # %% ../nbs/05_vae.ipynb #861c39ff
-class Upsample(nn.Module):
-    "Nearest ×2 in H and W (never T), then a T-preserving conv."
-    def __init__(self, c: int, kt: int = 3):
-        super().__init__(); self.conv = conv3d(c, c, kt)
-    def forward(self, x): return self.conv(F.interpolate(x, scale_factor=(1.0, 2.0, 2.0), mode='nearest'))
-
 class Decoder(_ConvStack):
     "(B,latent,T,h,w) → (B,in,T,h·f,w·f): the encoder's mirror image."
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        _check_vae_config(cfg); ch, g, kt = cfg.channels[::-1], cfg.norm_groups, cfg.temporal_kernel
+        _check_vae_config(cfg)
+        ch, g, kt = cfg.channels[::-1], cfg.norm_groups, cfg.temporal_kernel
         self.grad_checkpointing, self.conv_in = cfg.grad_checkpointing, conv3d(cfg.latent_channels, ch[0], kt)
         blocks, c = [SpaceTimeAttention(ch[0], heads=1, groups=g)], ch[0]
         for i, c_out in enumerate(ch):
-            for _ in range(cfg.num_res_blocks): blocks.append(ResBlock(c, c_out, groups=g, kt=kt)); c = c_out
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResBlock(c, c_out, groups=g, kt=kt))
+                c = c_out
             if i < len(ch) - 1: blocks.append(Upsample(c, kt))
-        self.blocks, self.norm_out, self.conv_out = nn.ModuleList(blocks), GroupNorm(g, c), conv3d(c, cfg.in_channels, kt)
+        self.blocks, self.norm_out = nn.ModuleList(blocks), GroupNorm(g, c)
+        self.conv_out = conv3d(c, cfg.in_channels, kt)
 
 # %% ../nbs/05_vae.ipynb #f999173e
 class VAE(nn.Module):
@@ -195,7 +126,7 @@ def count_parameters(module: nn.Module) -> int:
 
 # %% ../nbs/05_vae.ipynb #f112c9c5
 def temporal_receptive_field(cfg: VAEConfig) -> dict:
-    "Frames of input that one output frame sees through the convolutions of encoder and decoder (attention aside: it sees all)."
+    "Frames of input one output frame sees through the convolutions of encoder and decoder (attention sees all)."
     levels = len(cfg.channels)
     n_convs = 1 + levels * cfg.num_res_blocks * 2 + (levels - 1) + 1     # conv_in, res blocks, resampling, conv_out
     r = n_convs * (cfg.temporal_kernel - 1) + 1

@@ -24,7 +24,8 @@ class Window:
     @property
     def high(self) -> float: return self.center + self.width / 2
 
-WINDOWS = {'seed': Window(200, 1800), 'lung': Window(-600, 1500), 'mediastinum': Window(40, 400), 'pe': Window(100, 700)}
+WINDOWS = {'seed': Window(200, 1800), 'lung': Window(-600, 1500), 'mediastinum': Window(40, 400),
+           'pe': Window(100, 700)}
 
 # %% ../nbs/01_windowing.ipynb #b3bf40f6
 def as_window(window: Window | str | tuple) -> Window:
