@@ -25,8 +25,8 @@ __all__ = ['DEMO', 'VARIANTS', 'demo_data', 'demo_config', 'run_demo', 'with_for
            'write_quality', 'run_quality']
 
 # %% ../nbs/11c_demo.ipynb #4c8b1543
-DEMO = dict(vae_steps=250, diffusion_steps=800, regression_steps=300, extra_cases=2, size=128, n_thin=64, ddim_steps=10,
-            num_samples=4)
+DEMO = dict(vae_steps=200, regression_steps=700, diffusion_steps=200, extra_cases=10, size=128, n_thin=64, ddim_steps=10,
+            num_samples=4)      # ten extra phantoms: with six training cases the regression overfits (measured)
 
 def demo_data(root: Path, extra_cases: int, size: int, n_thin: int, progress: bool = True) -> list[Path]:
     "data_samples/ (if found) plus `extra_cases` generated phantoms under `root`; existing files are kept."
@@ -77,10 +77,11 @@ def run_demo(out_dir='runs/demo', *, fresh: bool = False, progress: bool = True,
     pipe, reg = load_pipeline(out / 'train'), load_pipeline(out / 'train', stage='regression')
     refs = find_cases(cfg.data.root); splits = make_splits(refs, cfg.data)
     notes = [f"Demo: {len(refs)} phantom cases, trained on {len(splits['train'])} ({', '.join(splits['train'])}) for "
-             f"{o['vae_steps']} VAE + {o['diffusion_steps']} diffusion + {o['regression_steps']} regression steps (demo preset, "
-             f"{cfg.data.n_frames}×{cfg.data.height}×{cfg.data.width} clips, CPU), evaluated on the held-out test case "
-             f"{splits['test'][0]} at its native 128² size. Its thin series inferred from the thick series alone (on the truth's 1 mm "
-             "positions): `infer/` (DICOM, NIfTI of the mean, the std and one sample)."]
+             f"{o['vae_steps']} VAE + {o['regression_steps']} regression + {o['diffusion_steps']} corrector diffusion steps (demo preset, "
+             f"{cfg.data.n_frames}×{cfg.data.height}×{cfg.data.width} clips, CPU), evaluated on the held-out test cases "
+             f"{', '.join(splits['test'])} at their native 128² size (the summary averages them). The thin series of "
+             f"{splits['test'][0]} inferred from its thick series alone (on the truth's 1 mm positions): `infer/` (DICOM, "
+             "NIfTI of the mean, the std and one sample)."]
     res = evaluate(pipe, cfg.data.root, out, split='test', cache_dir=cfg.data.cache_dir, regression=reg, progress=progress,
                    notes=notes)
     case = load_case(next(r for r in refs if r.case_id == splits['test'][0]), cache_dir=cfg.data.cache_dir)
