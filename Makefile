@@ -85,7 +85,7 @@ slow: install
 demo: install
 	$(BIN)/v2v-demo --out runs/demo
 
-## quality: the ablation of the formulation (trains the demo and three variants, ~half an hour on 2 cores) -> docs/QUALITY.md
+## quality: the ablation of the formulation (trains the demo and four variants, ~half an hour on 2 cores) -> docs/QUALITY.md
 quality: install
 	$(BIN)/v2v-quality --demo-dir runs/demo --out runs/quality --doc docs/QUALITY.md
 
