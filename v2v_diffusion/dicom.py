@@ -9,6 +9,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
 import pydicom
@@ -28,11 +29,16 @@ __all__ = ['PATIENT_TAGS', 'DERIVATION', 'MAX_MEMBER_BYTES', 'MAX_ARCHIVE_BYTES'
            'pick_thick_thin', 'nifti_affine', 'write_nifti']
 
 # %% ../nbs/02_dicom.ipynb #b45e2331
+def _whole_memmap(a) -> bool:
+    "True when `a` is a memory map covering the rest of its file (not a slice of one)."
+    return (isinstance(a, np.memmap) and bool(a.filename) and a.flags.c_contiguous
+            and os.path.exists(a.filename) and a.nbytes == os.path.getsize(a.filename) - a.offset)
+
 @dataclass(eq=False)
 class Volume:
     "A CT series: HU on a `(Z,Y,X)` grid and its patient-space (LPS) geometry."
-    hu: np.ndarray              # (Z,Y,X) HU: float32 from `read_series`; an int16 memory map when loaded from the cache
-    z: np.ndarray               # (Z,) slice positions in mm along the slice normal (ImagePositionPatient · normal), ascending
+    hu: np.ndarray              # (Z,Y,X) HU: float32 from `read_series`; an int16 memory map from the cache
+    z: np.ndarray               # (Z,) mm along the slice normal (ImagePositionPatient · normal), ascending
     spacing: tuple              # (dz, dy, dx) mm; dz is the median slice spacing
     origin: np.ndarray          # (3,) patient xyz (LPS mm) of the first slice's first pixel
     orientation: np.ndarray     # (6,) ImageOrientationPatient: row then column direction cosines
@@ -42,14 +48,16 @@ class Volume:
     @property
     def normal(self) -> np.ndarray:
         "Unit slice normal: row × column direction."
-        o = np.asarray(self.orientation, float); return np.cross(o[:3], o[3:])
+        o = np.asarray(self.orientation, float)
+        return np.cross(o[:3], o[3:])
 
     @property
     def shape(self) -> tuple: return tuple(self.hu.shape)
 
     def positions(self) -> np.ndarray:
         "(Z,3) ImagePositionPatient of each slice."
-        return np.asarray(self.origin, float)[None] + (np.asarray(self.z, float) - self.z[0])[:, None] * self.normal[None]
+        along = (np.asarray(self.z, float) - self.z[0])[:, None] * self.normal[None]
+        return np.asarray(self.origin, float)[None] + along
 
     def affine(self) -> np.ndarray:
         "4×4 voxel index (x=column, y=row, z=slice) → patient LPS mm."
@@ -58,29 +66,22 @@ class Volume:
         a[:3, 0], a[:3, 1], a[:3, 2], a[:3, 3] = o[:3] * dx, o[3:] * dy, self.normal * dz, self.origin
         return a
 
+    def __getstate__(self):
+        "Pickle a whole memory map as its file name (workers open the map), a part of one as an array."
+        s = self.__dict__.copy()
+        if _whole_memmap(self.hu): s['hu'] = ('__npy_mmap__', str(self.hu.filename))
+        elif isinstance(self.hu, np.memmap): s['hu'] = np.array(self.hu)
+        return s
+
+    def __setstate__(self, s):
+        h = s['hu']
+        if isinstance(h, tuple) and h[0] == '__npy_mmap__': s = {**s, 'hu': np.load(h[1], mmap_mode='r')}
+        self.__dict__.update(s)
+
     def __repr__(self):
         return (f"Volume(shape={self.shape}, spacing={tuple(round(float(s), 3) for s in self.spacing)}, "
                 f"z={float(self.z[0]):.1f}..{float(self.z[-1]):.1f} mm, thickness={self.thickness:g}, "
                 f"series={self.meta.get('SeriesDescription', '')!r})")
-
-# %% ../nbs/02_dicom.ipynb #50b51b48
-def _whole_memmap(a) -> bool:
-    "True when `a` is a memory map covering the rest of its file (not a slice of one)."
-    return (isinstance(a, np.memmap) and bool(a.filename) and a.flags.c_contiguous
-            and os.path.exists(a.filename) and a.nbytes == os.path.getsize(a.filename) - a.offset)
-
-def _vol_getstate(self):
-    s = self.__dict__.copy()
-    if _whole_memmap(self.hu): s['hu'] = ('__npy_mmap__', str(self.hu.filename))
-    elif isinstance(self.hu, np.memmap): s['hu'] = np.array(self.hu)
-    return s
-
-def _vol_setstate(self, s):
-    h = s['hu']
-    if isinstance(h, tuple) and h[0] == '__npy_mmap__': s = {**s, 'hu': np.load(h[1], mmap_mode='r')}
-    self.__dict__.update(s)
-
-Volume.__getstate__, Volume.__setstate__ = _vol_getstate, _vol_setstate
 
 # %% ../nbs/02_dicom.ipynb #2bafe8b3
 class DicomError(ValueError):
@@ -130,7 +131,8 @@ def _description(text: str, ref: dict, copy_patient_tags: bool) -> str:
 def _base_dataset(vol: Volume, ref: dict, copy_patient_tags, series_description, study_uid, frame_uid,
                   image_type, series_number, pseudonym=None, derivation=DERIVATION) -> Dataset:
     "Everything shared by the slices of a written series."
-    ds = Dataset(); ds.file_meta = FileMetaDataset()
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CTImageStorage
     now = datetime.datetime.now()
     ds.SpecificCharacterSet, ds.Modality = 'ISO_IR 192', 'CT'
@@ -192,8 +194,9 @@ def dicom_series_bytes(vol: Volume, *, reference_meta: dict | None = None, copy_
                        frame_uid: str | None = None, image_type=('DERIVED', 'SECONDARY', 'AXIAL'),
                        series_number: int = 1001, transfer_syntax: str = 'explicit', prefix: str = 'IM',
                        pseudonym: str | None = None, derivation: str = DERIVATION) -> list[tuple[str, bytes]]:
-    "`(file name, DICOM bytes)` for each slice of `vol`; instance 1 is the most superior slice, as scanners number them."
-    if transfer_syntax not in ('explicit', 'rle'): raise ValueError(f"transfer_syntax={transfer_syntax!r}: valid are 'explicit', 'rle'")
+    "`(file name, DICOM bytes)` for each slice of `vol`; instance 1 is the most superior slice (as scanners number)."
+    if transfer_syntax not in ('explicit', 'rle'):
+        raise ValueError(f"transfer_syntax={transfer_syntax!r}: valid are 'explicit', 'rle'")
     ref = reference_meta or {}
     ds = _base_dataset(vol, ref, copy_patient_tags, series_description, study_uid, frame_uid, image_type, series_number,
                        pseudonym, derivation)
@@ -212,9 +215,11 @@ def dicom_series_bytes(vol: Volume, *, reference_meta: dict | None = None, copy_
         ds.ImagePositionPatient, ds.SliceLocation = [_dsv(p) for p in pos[k]], _dsv(vol.z[k])
         if sources: _link(ds, ref, _nearest_sources(sources, zs, float(vol.z[k])))
         px = np.ascontiguousarray(stored[k])
-        ds.PixelData = encapsulate([RLELosslessEncoder.encode(px, encoding_plugin='pylibjpeg', **kw)]) if rle else px.tobytes()
+        ds.PixelData = (encapsulate([RLELosslessEncoder.encode(px, encoding_plugin='pylibjpeg', **kw)]) if rle
+                        else px.tobytes())
         ds['PixelData'].VR = 'OB' if rle else 'OW'
-        buf = io.BytesIO(); ds.save_as(buf, enforce_file_format=True)
+        buf = io.BytesIO()
+        ds.save_as(buf, enforce_file_format=True)
         out.append((f"{prefix}{nz - k:04d}.dcm", buf.getvalue()))
     return out
 
@@ -222,17 +227,20 @@ def dicom_series_bytes(vol: Volume, *, reference_meta: dict | None = None, copy_
 def write_dicom_series(vol: Volume, out_dir, *, reference_meta: dict | None = None, copy_patient_tags: bool = False,
                        series_description: str = 'v2v-diffusion', **kwargs) -> list[Path]:
     "Write `vol` as a DICOM series into `out_dir` (linked to `reference_meta`'s series); kwargs: `dicom_series_bytes`."
-    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, data in dicom_series_bytes(vol, reference_meta=reference_meta, copy_patient_tags=copy_patient_tags,
                                          series_description=series_description, **kwargs):
-        (p := out_dir / name).write_bytes(data); paths.append(p)
+        (p := out_dir / name).write_bytes(data)
+        paths.append(p)
     return paths
 
 # %% ../nbs/02_dicom.ipynb #bb016d31
 MAX_MEMBER_BYTES = int(os.environ.get('V2V_MAX_MEMBER_BYTES', 512 << 20))    # one DICOM file
 MAX_ARCHIVE_BYTES = int(os.environ.get('V2V_MAX_ARCHIVE_BYTES', 8 << 30))     # all files of one case (zip or folder)
-_SKIP_EXT = {'.txt', '.md', '.json', '.xml', '.csv', '.html', '.htm', '.pdf', '.jpg', '.jpeg', '.png', '.ini', '.log', '.py'}
+_SKIP_EXT = {'.txt', '.md', '.json', '.xml', '.csv', '.html', '.htm', '.pdf', '.jpg', '.jpeg', '.png', '.ini', '.log',
+             '.py'}
 
 def _is_candidate(name: str) -> bool:
     "Whether an archive entry or file may be a DICOM image."
@@ -255,7 +263,8 @@ def _check_entry(zip_path, info: zipfile.ZipInfo, max_member_bytes: int):
 def iter_zip(zip_path, *, max_member_bytes: int = MAX_MEMBER_BYTES, max_archive_bytes: int = MAX_ARCHIVE_BYTES):
     "Yield `(display name, member path, bytes)` for each candidate entry of a zip, checked first, read in memory."
     try: zf = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError, EOFError) as e: raise DicomError(f"{zip_path}: not a readable zip archive ({e})") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise DicomError(f"{zip_path}: not a readable zip archive ({e})") from None
     with zf:
         infos = [i for i in zf.infolist() if not i.is_dir()]
         for i in infos: _check_entry(zip_path, i, max_member_bytes)
@@ -267,6 +276,16 @@ def iter_zip(zip_path, *, max_member_bytes: int = MAX_MEMBER_BYTES, max_archive_
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
                 raise DicomError(f"{zip_path}: entry {i.filename!r} is corrupt ({e})") from None
             yield f"{zip_path}::{i.filename}", i.filename, data
+
+# %% ../nbs/02_dicom.ipynb #23d703e6
+def check_folder_size(folder: Path, files: list[Path]):
+    "A zip's caps for a folder: no file over `MAX_MEMBER_BYTES`, all together at most `MAX_ARCHIVE_BYTES`."
+    sizes = [f.stat().st_size for f in files]
+    if sizes and max(sizes) > MAX_MEMBER_BYTES:
+        big = files[sizes.index(max(sizes))]
+        raise DicomError(f"{big}: {max(sizes)} bytes (limit {MAX_MEMBER_BYTES}, V2V_MAX_MEMBER_BYTES)")
+    if sum(sizes) > MAX_ARCHIVE_BYTES:
+        raise DicomError(f"{folder}: {sum(sizes)} bytes of files (limit {MAX_ARCHIVE_BYTES}, V2V_MAX_ARCHIVE_BYTES)")
 
 # %% ../nbs/02_dicom.ipynb #f4aec627
 def _iter_files(source):
@@ -282,16 +301,6 @@ def _iter_files(source):
     elif not p.is_file(): raise DicomError(f"{p}: no such file or folder")
     elif p.suffix.lower() == '.zip': yield from iter_zip(p)
     else: yield str(p), p.name, p.read_bytes()
-
-# %% ../nbs/02_dicom.ipynb #23d703e6
-def check_folder_size(folder: Path, files: list[Path]):
-    "A zip's caps for a folder: no file over `MAX_MEMBER_BYTES`, all together at most `MAX_ARCHIVE_BYTES`."
-    sizes = [f.stat().st_size for f in files]
-    if sizes and max(sizes) > MAX_MEMBER_BYTES:
-        big = files[sizes.index(max(sizes))]
-        raise DicomError(f"{big}: {max(sizes)} bytes (limit {MAX_MEMBER_BYTES}, V2V_MAX_MEMBER_BYTES)")
-    if sum(sizes) > MAX_ARCHIVE_BYTES:
-        raise DicomError(f"{folder}: {sum(sizes)} bytes of files (limit {MAX_ARCHIVE_BYTES}, V2V_MAX_ARCHIVE_BYTES)")
 
 # %% ../nbs/02_dicom.ipynb #442eb17c
 _DEFLATED = '1.2.840.10008.1.2.1.99'
@@ -321,7 +330,8 @@ def parse_dicom(name: str, data: bytes) -> Dataset | None:
     try: ds = pydicom.dcmread(io.BytesIO(data), force=raw_start)
     except InvalidDicomError as e:
         if name.lower().endswith('.dcm'): raise DicomError(f"{name}: not a DICOM file ({e})") from None
-        _warn(f"{name}: not a DICOM file, skipped"); return None
+        _warn(f"{name}: not a DICOM file, skipped")
+        return None
     except Exception as e: raise DicomError(f"{name}: unreadable DICOM ({type(e).__name__}: {e})") from None
     if 'PixelData' not in ds:
         if 'Rows' in ds or len(ds) == 0: raise DicomError(f"{name}: image without pixel data (truncated file?)")
@@ -341,7 +351,7 @@ def read_datasets(source) -> list[tuple[str, str, Dataset]]:
 
 # %% ../nbs/02_dicom.ipynb #cccc20be
 def _text(ds: Dataset, keyword: str, default: str | None = None) -> str | None:
-    "The value of a text element (DS, IS, CS, UI …) as a stripped string, multiple values joined by `\\`; `default` if absent."
+    "A text element's value (DS, IS, CS, UI …) as a stripped string, multiple values joined by `\\`; else `default`."
     elem = ds.get_item(keyword)
     if elem is None: return default
     v = elem.value
@@ -445,11 +455,12 @@ def _stored_pixels(name: str, ds: Dataset) -> np.ndarray:
     if (not ts.is_compressed and ts.is_little_endian and bits == 16 and int(ds.get('SamplesPerPixel', 1)) == 1
             and (not signed or int(ds.get('BitsStored', 16)) == 16)):
         pd = ds.PixelData
-        if len(pd) < rows * cols * 2: raise DicomError(f"{name}: truncated pixel data ({len(pd)} of {rows * cols * 2} bytes)")
+        if len(pd) < rows * cols * 2:
+            raise DicomError(f"{name}: truncated pixel data ({len(pd)} of {rows * cols * 2} bytes)")
         if len(pd) > rows * cols * 2 + 1:
             raise DicomError(f"{name}: {len(pd)} bytes of pixel data for Rows x Columns = {rows} x {cols}")
         return np.frombuffer(pd, '<i2' if signed else '<u2', count=rows * cols).reshape(rows, cols)
-    try: return pydicom.pixels.pixel_array(ds)         # not ds.pixel_array: no cached copy, no pixel-id checks (~0.3 ms)
+    try: return pydicom.pixels.pixel_array(ds)      # not ds.pixel_array: no cached copy, no pixel-id checks (~0.3 ms)
     except Exception as e: raise DicomError(f"{name}: cannot decode pixels ({type(e).__name__}: {e})") from None
 
 def _padding(name: str, ds: Dataset) -> tuple[int, int] | None:
@@ -464,11 +475,13 @@ def _padding(name: str, ds: Dataset) -> tuple[int, int] | None:
 def slice_hu(name: str, ds: Dataset, out: np.ndarray | None = None) -> np.ndarray:
     "(Y,X) HU of one slice via RescaleSlope/RescaleIntercept, padding as air; into `out` (float32, or int16) if given."
     a = _stored_pixels(name, ds)
-    if out is not None and out.shape != a.shape: raise DicomError(f"{name}: {a.shape[0]}x{a.shape[1]} pixels, expected {out.shape[0]}x{out.shape[1]}")
+    if out is not None and out.shape != a.shape:
+        raise DicomError(f"{name}: {a.shape[0]}x{a.shape[1]} pixels, expected {out.shape[0]}x{out.shape[1]}")
     out = np.empty(a.shape, np.float32) if out is None else out
     slope, icpt = rescale_of(name, ds)
-    if out.dtype.kind == 'i' and slope == 1 and icpt == int(icpt) and abs(icpt) < 2**15:   # exact integer path, no float round trip
-        np.copyto(out, a, casting='unsafe'); out += out.dtype.type(icpt)
+    if out.dtype.kind == 'i' and slope == 1 and icpt == int(icpt) and abs(icpt) < 2**15:   # exact, no float round trip
+        np.copyto(out, a, casting='unsafe')
+        out += out.dtype.type(icpt)
     elif out.dtype.kind == 'i': np.rint(a * np.float32(slope) + np.float32(icpt), out=out, casting='unsafe')
     else:                     # cast once, then in place: 3x faster than one mixed-type ufunc on a 512² slice
         np.copyto(out, a, casting='unsafe')
@@ -486,7 +499,8 @@ def _geometry(name: str, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarra
         if not v: raise DicomError(f"{name}: missing {tag}")
         try: a = np.array([float(x) for x in v.split('\\')])
         except ValueError: raise DicomError(f"{name}: unreadable {tag} {v!r}") from None
-        if a.shape != (n,) or not np.isfinite(a).all(): raise DicomError(f"{name}: {tag} must hold {n} numbers, got {v!r}")
+        if a.shape != (n,) or not np.isfinite(a).all():
+            raise DicomError(f"{name}: {tag} must hold {n} numbers, got {v!r}")
         out.append(a)
     if (out[2] <= 0).any(): raise DicomError(f"{name}: PixelSpacing {out[2].tolist()} must be > 0")
     return tuple(out)
@@ -497,19 +511,25 @@ def _sorted_slices(items: list, modalities) -> tuple[list, np.ndarray, np.ndarra
     geo = []
     for name, _, ds in items:
         m = _text(ds, 'Modality', '')
-        if modalities and m not in modalities: raise DicomError(f"{name}: Modality {m or 'missing'}, expected {'/'.join(modalities)}")
+        if modalities and m not in modalities:
+            raise DicomError(f"{name}: Modality {m or 'missing'}, expected {'/'.join(modalities)}")
         geo.append(_geometry(name, ds))
     iop, ps = geo[0][1], geo[0][2]
     for (name, _, _), (_, o, s) in zip(items, geo):
-        if np.abs(o - iop).max() > 1e-3: raise DicomError(f"{name}: mixed orientations in one series: {np.round(o, 4).tolist()} vs {np.round(iop, 4).tolist()} in {items[0][0]}")
-        if np.abs(s - ps).max() > 1e-3 * ps.max(): raise DicomError(f"{name}: PixelSpacing {s.tolist()} differs from {ps.tolist()} in {items[0][0]}")
+        if np.abs(o - iop).max() > 1e-3:
+            raise DicomError(f"{name}: mixed orientations in one series: {np.round(o, 4).tolist()} vs "
+                             f"{np.round(iop, 4).tolist()} in {items[0][0]}")
+        if np.abs(s - ps).max() > 1e-3 * ps.max():
+            raise DicomError(f"{name}: PixelSpacing {s.tolist()} differs from {ps.tolist()} in {items[0][0]}")
     normal = np.cross(iop[:3], iop[3:])
-    pos = np.stack([g[0] for g in geo]); z = pos @ normal
+    pos = np.stack([g[0] for g in geo])
+    z = pos @ normal
     inst = np.array([_number(name, ds, 'InstanceNumber', 0) for name, _, ds in items])
     order = np.lexsort((inst, z))
     keep = [order[0]]
     for k in order[1:]:
-        if abs(z[k] - z[keep[-1]]) < 1e-3: _warn(f"{items[k][0]}: duplicate slice position {z[k]:.2f} mm (same as {items[keep[-1]][0]}); dropped")
+        if abs(z[k] - z[keep[-1]]) < 1e-3:
+            _warn(f"{items[k][0]}: duplicate slice position {z[k]:.2f} mm (same as {items[keep[-1]][0]}); dropped")
         else: keep.append(k)
     return [items[k] for k in keep], z[keep], pos[keep], np.concatenate([iop, ps])
 
@@ -633,7 +653,8 @@ def stack_series(items: list, *, modalities=('CT',), dtype=np.float32, tilt: str
 @contextmanager
 def _gc_paused():
     "Pause the cyclic garbage collector inside the block (or the decorated function), then restore it as it was."
-    was_enabled = gc.isenabled(); gc.disable()
+    was_enabled = gc.isenabled()
+    gc.disable()
     try: yield
     finally:
         if was_enabled: gc.enable()
@@ -654,7 +675,8 @@ def read_series(source, *, modalities=('CT',), tilt: str = 'resample') -> Volume
     items = read_datasets(source)
     if not items: raise DicomError(f"{source}: no DICOM images found")
     groups = group_series(items)
-    if len(groups) > 1: raise DicomError(f"{source}: {len(groups)} series mixed in one source ({_describe_groups(groups)})")
+    if len(groups) > 1:
+        raise DicomError(f"{source}: {len(groups)} series mixed in one source ({_describe_groups(groups)})")
     return stack_series(items, modalities=modalities, tilt=tilt)
 
 # %% ../nbs/02_dicom.ipynb #85f8229e
@@ -669,7 +691,8 @@ def read_dicom_tree(source, *, modalities=('CT',), dtype=np.float32, tilt: str =
         out = {}
         for key in ('1', '2'):
             groups = group_series(folders[key])
-            if len(groups) > 1: raise DicomError(f"{source}: folder {key}/ mixes {len(groups)} series ({_describe_groups(groups)})")
+            if len(groups) > 1:
+                raise DicomError(f"{source}: folder {key}/ mixes {len(groups)} series ({_describe_groups(groups)})")
             out[key] = stack_series(folders[key], modalities=modalities, dtype=dtype, tilt=tilt)
         return out
     out, why = {}, []
@@ -697,7 +720,8 @@ def pick_thick_thin(series: dict[str, Volume], *, require_thin: bool = True) -> 
     if thick.spacing[0] < 1.2 * thin.spacing[0]:
         raise DicomError(f"cannot tell thick from thin: spacings {[round(vols[k].spacing[0], 3) for k in keys]} mm")
     if len(vols) > 2: _warn(f"{len(vols)} series; using {keys[-1]} as thick and {keys[0]} as thin")
-    if set(vols) == {'1', '2'} and keys[-1] != '1': _warn("folder 2/ has the larger spacing: using it as the thick series")
+    if set(vols) == {'1', '2'} and keys[-1] != '1':
+        _warn("folder 2/ has the larger spacing: using it as the thick series")
     return thick, thin
 
 # %% ../nbs/02_dicom.ipynb #4d4f0f12
@@ -709,12 +733,16 @@ def nifti_affine(vol: Volume) -> np.ndarray:
 
 def write_nifti(vol: Volume, path) -> Path:
     "Write `vol` as NIfTI-1 (int16 when the HU are integers, else float32) with the RAS affine."
-    import nibabel as nib
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    if len(vol.z) > 2 and np.ptp(np.diff(vol.z)) > 0.01 * vol.spacing[0]: _warn(f"{path}: irregular slice spacing; the affine uses {vol.spacing[0]:.3f} mm")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if len(vol.z) > 2 and np.ptp(np.diff(vol.z)) > 0.01 * vol.spacing[0]:
+        _warn(f"{path}: irregular slice spacing; the affine uses {vol.spacing[0]:.3f} mm")
     hu = np.asarray(vol.hu)
-    data = hu.astype(np.int16) if np.array_equal(hu, np.rint(hu)) and np.abs(hu).max(initial=0) < 32767 else hu.astype(np.float32)
+    integer = np.array_equal(hu, np.rint(hu)) and np.abs(hu).max(initial=0) < 32767
+    data = hu.astype(np.int16 if integer else np.float32)
     img = nib.Nifti1Image(np.ascontiguousarray(data.transpose(2, 1, 0)), nifti_affine(vol))
-    img.header.set_xyzt_units('mm'); img.set_qform(nifti_affine(vol), code=1); img.set_sform(nifti_affine(vol), code=1)
+    img.header.set_xyzt_units('mm')
+    img.set_qform(nifti_affine(vol), code=1)
+    img.set_sform(nifti_affine(vol), code=1)
     nib.save(img, path)
     return path

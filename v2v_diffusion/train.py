@@ -5,7 +5,6 @@
 # %% ../nbs/10_train.ipynb #b1198e60
 from __future__ import annotations
 import argparse, contextlib, copy, functools, itertools, json, logging, math, os, random, signal, sys, time, warnings
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,15 +31,16 @@ from .formulation import (encode, decode, model_condition, model_target, build_u
 # %% auto #0
 __all__ = ['logger', 'MAX_NONFINITE_STEPS', 'MAX_NONFINITE_STEPS_UNSCALED', 'STAGES', 'Dist', 'setup_distributed',
            'seed_everything', 'amp_setup', 'get_lr', 'lr_schedule', 'make_optimizer', 'set_lr', 'step_is_finite',
-           'count_nonfinite', 'train_step', 'ema_decay_at', 'ema_update', 'ResumableSampler', 'resumable_loader',
-           'batches', 'RunLog', 'progress', 'bar_postfix', 'broadcast_float', 'any_rank', 'barrier', 'preemption_guard',
-           'clip_metrics', 'compare_metrics', 'val_figure', 'RunState', 'Stage', 'make_checkpoint', 'restore',
-           'save_now', 'validate_and_log', 'after_step', 'fit', 'stage_summary', 'Data', 'fixed_val_batch', 'load_data',
-           'recon_loss', 'VAELoss', 'validate_vae', 'vae_stage', 'DiffusionLoss', 'RegressionLoss', 'LatentDataset',
-           'cache_latents', 'validate_latent', 'find_vae_checkpoint', 'find_regression_checkpoint', 'frozen_vae',
-           'training_latents_scale', 'frozen_regressor', 'latent_stage', 'diffusion_loader', 'trim_metrics',
-           'checked_resume', 'resume_for', 'train_stage', 'claimed_run', 'train', 'make_config', 'train_parser',
-           'train_main', 'read_metrics', 'plot_history', 'show_val_figures']
+           'train_step', 'ema_decay_at', 'ema_update', 'ResumableSampler', 'resumable_loader', 'batches', 'RunLog',
+           'progress', 'bar_postfix', 'broadcast_float', 'any_rank', 'barrier', 'preemption_guard', 'clip_metrics',
+           'compare_metrics', 'val_figure', 'RunState', 'Stage', 'make_checkpoint', 'restore', 'save_now',
+           'validate_and_log', 'Hook', 'Loop', 'NonFiniteCheck', 'Progress', 'EMA', 'TrainLog', 'Preemption',
+           'Validation', 'Checkpointing', 'default_hooks', 'wrap_ddp', 'fit', 'stage_summary', 'Data',
+           'fixed_val_batch', 'load_data', 'recon_loss', 'VAELoss', 'validate_vae', 'vae_stage', 'DiffusionLoss',
+           'RegressionLoss', 'LatentDataset', 'cache_latents', 'validate_latent', 'find_vae_checkpoint',
+           'find_regression_checkpoint', 'frozen_vae', 'training_latents_scale', 'frozen_regressor', 'latent_stage',
+           'diffusion_loader', 'trim_metrics', 'checked_resume', 'resume_for', 'train_stage', 'claimed_run', 'train',
+           'make_config', 'train_parser', 'train_main', 'read_metrics', 'plot_history', 'show_val_figures']
 
 # %% ../nbs/10_train.ipynb #17d23517
 logger = logging.getLogger('v2v_diffusion.train')
@@ -111,7 +111,6 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> float:
 # %% ../nbs/10_train.ipynb #75adab0d
 MAX_NONFINITE_STEPS = 25     # skipped (NaN/inf) optimizer steps in a row before training stops, under fp16 loss scaling
 MAX_NONFINITE_STEPS_UNSCALED = 5    # the same in fp32/bf16, where a NaN is never a loss-scale overflow
-_NONFINITE = weakref.WeakKeyDictionary()     # optimizer -> its current run of non-finite steps
 
 def step_is_finite(loss: float, grad_norm: torch.Tensor) -> bool:
     "Whether the loss and the gradient norm are finite (on every rank under DDP, so that all ranks skip together)."
@@ -119,16 +118,6 @@ def step_is_finite(loss: float, grad_norm: torch.Tensor) -> bool:
     flag = (torch.isfinite(grad_norm.detach().float().reshape(1)) & loss_ok).float()
     if dist.is_available() and dist.is_initialized(): dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
-
-def count_nonfinite(opt, finite: bool, loss: float, grad_norm: float, t: TrainConfig, limit: int) -> int:
-    "Non-finite steps of `opt` in a row so far; `NonFiniteError` once they reach `limit`."
-    n = 0 if finite else _NONFINITE.get(opt, 0) + 1
-    _NONFINITE[opt] = n
-    if n >= limit:
-        raise NonFiniteError(f"training diverged: {n} optimizer steps in a row had a non-finite loss or gradient "
-                             f"(last loss {loss:.4g}, gradient norm {grad_norm:.4g}) and were skipped; lower train.lr "
-                             f"(now {t.lr:g}) or check the data; the last checkpoint holds the last finite weights")
-    return n
 
 # %% ../nbs/10_train.ipynb #649c7f5a
 def train_step(loss_module: nn.Module, data, opt, scaler, ctx, t: TrainConfig) -> tuple[float, dict]:
@@ -143,9 +132,8 @@ def train_step(loss_module: nn.Module, data, opt, scaler, ctx, t: TrainConfig) -
     grad_norm = torch.nn.utils.clip_grad_norm_(loss_module.parameters(), t.max_grad_norm)
     finite = step_is_finite(total, grad_norm)
     if finite: scaler.step(opt)          # a NaN/inf step is skipped, as GradScaler skips an fp16 overflow
-    scaler.update(); opt.zero_grad(set_to_none=True)
-    limit = MAX_NONFINITE_STEPS if scaler.is_enabled() else MAX_NONFINITE_STEPS_UNSCALED
-    count_nonfinite(opt, finite, total, grad_norm.item(), t, limit)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
     return total, {**logs, 'grad_norm': grad_norm.item(), 'skipped': float(not finite)}
 
 # %% ../nbs/10_train.ipynb #772c228f
@@ -302,7 +290,7 @@ class RunState:
 @dataclass
 class Stage:
     "What `fit` needs from a training stage."
-    name: str                      # 'vae' | 'diffusion'
+    name: str                      # 'vae' | 'diffusion' | 'regression'
     loss_module: nn.Module         # forward(batch) -> (loss, logs); the module DDP wraps
     net: nn.Module                 # the network being trained
     validate: Callable             # step -> (metrics dict, figure); rank 0 only
@@ -352,46 +340,144 @@ def validate_and_log(stage: Stage, step: int, rl: RunLog) -> float:
     rl.info(f"{stage.name} step {step}: " + ', '.join(f'{k}={v:.4f}' for k, v in metrics.items()))
     return metrics['psnr']
 
-# %% ../nbs/10_train.ipynb #fa828cc3
-def after_step(stage: Stage, cfg: Config, run: RunState, opt, scaler, rl: RunLog, d: Dist, sigterm: bool):
-    "Validate, early-stop and checkpoint as the config says (and on SIGTERM, and at the last step)."
-    t, end, is_best = cfg.train, run.step == stage.max_steps, False
-    if run.step % t.validate_every == 0 or end:
-        metric = broadcast_float(validate_and_log(stage, run.step, rl) if d.is_main else 0.0, d)
-        is_best = metric > run.best
-        run.best, run.bad = max(run.best, metric), 0 if is_best else run.bad + 1
+# %% ../nbs/10_train.ipynb #cd2bd3cf
+class Hook:
+    "One piece of `fit`; hooks run by `order`, each with the `Loop`, before the first step, after each, at the end."
+    order = 0
+    def before_fit(self, loop): pass
+    def after_step(self, loop): pass
+    def after_fit(self, loop): pass
+
+@dataclass
+class Loop:
+    "What the hooks of one `fit` share: the stage and its run, the optimiser, and the last step's results."
+    stage: Stage
+    cfg: Config
+    d: Dist
+    rl: RunLog
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    run: RunState = field(default_factory=RunState)
+    lr: float = 0.0
+    loss: float = math.nan
+    logs: dict = field(default_factory=dict)   # of the last step: the loss module's, grad_norm, skipped
+    is_best: bool = False                      # the last step's validation improved on the best metric
+    @property
+    def end(self) -> bool: return self.run.step == self.stage.max_steps
+
+# %% ../nbs/10_train.ipynb #a93a7470
+class NonFiniteCheck(Hook):
+    "`NonFiniteError` after `MAX_NONFINITE_STEPS` skipped steps in a row (`MAX_NONFINITE_STEPS_UNSCALED` unscaled)."
+    order = 0
+    def before_fit(self, loop):
+        self.n = 0
+        self.limit = MAX_NONFINITE_STEPS if loop.scaler.is_enabled() else MAX_NONFINITE_STEPS_UNSCALED
+    def after_step(self, loop):
+        self.n = self.n + 1 if loop.logs['skipped'] else 0
+        if self.n >= self.limit:
+            loss, grad_norm, lr = loop.loss, loop.logs['grad_norm'], loop.cfg.train.lr
+            raise NonFiniteError(f"training diverged: {self.n} optimizer steps in a row had a non-finite loss or "
+                                 f"gradient (last loss {loss:.4g}, gradient norm {grad_norm:.4g}) and were skipped; "
+                                 f"lower train.lr (now {lr:g}) or check the data; the last checkpoint holds the last "
+                                 "finite weights")
+
+# %% ../nbs/10_train.ipynb #cd7a2332
+class Progress(Hook):
+    "The stage's tqdm bar (rank 0): loss, lr and GPU memory after each step."
+    order = 10
+    def before_fit(self, loop): self.bar = progress(loop.rl, loop.stage.name, loop.run.step, loop.stage.max_steps)
+    def after_step(self, loop):
+        self.bar.update()
+        self.bar.set_postfix(bar_postfix(loop.loss, loop.lr, loop.d.device))
+    def after_fit(self, loop): self.bar.close()
+
+class EMA(Hook):
+    "The stage's EMA copy follows its network after each step, the decay warming up (`ema_decay_at`)."
+    order = 20
+    def after_step(self, loop):
+        ema_update(loop.stage.ema, loop.stage.net, ema_decay_at(loop.run.step, loop.cfg.train.ema_decay))
+
+class TrainLog(Hook):
+    "Every `train.log_every` steps, the step's logs, loss and lr as a `train` line (TensorBoard, metrics.jsonl)."
+    order = 30
+    def after_step(self, loop):
+        if loop.run.step % loop.cfg.train.log_every == 0:
+            loop.rl.scalars(loop.stage.name, 'train', loop.run.step, {**loop.logs, 'loss': loop.loss, 'lr': loop.lr})
+
+# %% ../nbs/10_train.ipynb #51e65b3c
+class Preemption(Hook):
+    "SIGTERM (seen by any rank) marks the run preempted after the current step: it is saved, then `fit` returns."
+    order = 40
+    def before_fit(self, loop):
+        self.guard = preemption_guard()
+        self.flag = self.guard.__enter__()
+    def after_step(self, loop):
+        loop.run.preempted = any_rank(self.flag['set'], loop.d)
+        if loop.run.preempted:
+            loop.rl.info(f"{loop.stage.name}: SIGTERM at step {loop.run.step}: saving a checkpoint and stopping")
+    def after_fit(self, loop): self.guard.__exit__(None, None, None)
+
+# %% ../nbs/10_train.ipynb #96677ee0
+class Validation(Hook):
+    "Validate every `train.validate_every` steps and at the end (rank 0's PSNR on all ranks); early stop on a plateau."
+    order = 50
+    def after_step(self, loop):
+        run, t, d = loop.run, loop.cfg.train, loop.d
+        loop.is_best = False
+        if not (run.step % t.validate_every == 0 or loop.end): return
+        metric = broadcast_float(validate_and_log(loop.stage, run.step, loop.rl) if d.is_main else 0.0, d)
+        loop.is_best = metric > run.best
+        run.best, run.bad = max(run.best, metric), 0 if loop.is_best else run.bad + 1
         run.stopped = t.early_stop_patience > 0 and run.bad >= t.early_stop_patience
-        if run.stopped: rl.info(f"{stage.name}: early stop at step {run.step} (best PSNR {run.best:.3f})")
-    run.preempted = sigterm
-    if sigterm: rl.info(f"{stage.name}: SIGTERM at step {run.step}: saving a checkpoint and stopping")
-    if is_best or end or sigterm or run.stopped or run.step % t.checkpoint_every == 0:
-        save_now(stage, cfg, run, opt, scaler, d, is_best)
+        if run.stopped: loop.rl.info(f"{loop.stage.name}: early stop at step {run.step} (best PSNR {run.best:.3f})")
+
+class Checkpointing(Hook):
+    "Save a checkpoint when the step is best, the last, every `train.checkpoint_every`, or the run stops early."
+    order = 60
+    def after_step(self, loop):
+        run = loop.run
+        if loop.is_best or loop.end or run.preempted or run.stopped or run.step % loop.cfg.train.checkpoint_every == 0:
+            save_now(loop.stage, loop.cfg, run, loop.opt, loop.scaler, loop.d, loop.is_best)
 
 # %% ../nbs/10_train.ipynb #dee0a541
-def fit(stage: Stage, cfg: Config, loader: DataLoader, d: Dist, rl: RunLog, ckpt: dict | None = None) -> dict:
-    "Train `stage` to its `max_steps`: optimizer steps, EMA, logging; `after_step` validates, saves, stops."
-    t = cfg.train; ctx, scaler = amp_setup(t.precision, d.device, rl.info)
-    model = DDP(stage.loss_module, device_ids=[d.local_rank] if d.device.type == 'cuda' else None) if d.world > 1 else stage.loss_module
-    opt, run, sched = make_optimizer(stage.net, t, d.device), RunState(), lr_schedule(t, stage.max_steps)
-    if ckpt is not None: restore(ckpt, run, opt, scaler, d, t.seed)
-    data, bar = batches(resumable_loader(loader, d, t.seed), run.pos), progress(rl, stage.name, run.step, stage.max_steps)
-    with preemption_guard() as sigterm:
-        while run.step < stage.max_steps and not (run.stopped or run.preempted):
-            lr = set_lr(opt, get_lr(run.step, **sched))
-            loss, logs = train_step(model, data, opt, scaler, ctx, t)
-            run.step += 1; bar.update(); bar.set_postfix(bar_postfix(loss, lr, d.device))
-            if stage.ema is not None: ema_update(stage.ema, stage.net, ema_decay_at(run.step, t.ema_decay))
-            if run.step % t.log_every == 0: rl.scalars(stage.name, 'train', run.step, {**logs, 'loss': loss, 'lr': lr})
-            after_step(stage, cfg, run, opt, scaler, rl, d, any_rank(sigterm['set'], d))
-    bar.close()
-    return stage_summary(stage, cfg, run)
+def default_hooks(stage: Stage) -> list[Hook]:
+    "The hooks of `stage`'s loop: all of them; `EMA` only when the stage has an EMA copy."
+    return [NonFiniteCheck(), Progress(), *([EMA()] if stage.ema is not None else []), TrainLog(), Preemption(),
+            Validation(), Checkpointing()]
+
+def wrap_ddp(module: nn.Module, d: Dist) -> nn.Module:
+    "`module` in `DistributedDataParallel` when there are several ranks, else itself."
+    if d.world == 1: return module
+    return DDP(module, device_ids=[d.local_rank] if d.device.type == 'cuda' else None)
+
+def fit(stage: Stage, cfg: Config, loader: DataLoader, d: Dist, rl: RunLog, ckpt: dict | None = None,
+        hooks: list[Hook] | None = None) -> dict:
+    "Train `stage` to its `max_steps` from `ckpt` (or from scratch); the `hooks` (`default_hooks`) do the rest."
+    t = cfg.train
+    ctx, scaler = amp_setup(t.precision, d.device, rl.info)
+    model = wrap_ddp(stage.loss_module, d)
+    loop = Loop(stage, cfg, d, rl, make_optimizer(stage.net, t, d.device), scaler)
+    if ckpt is not None: restore(ckpt, loop.run, loop.opt, scaler, d, t.seed)
+    data, sched = batches(resumable_loader(loader, d, t.seed), loop.run.pos), lr_schedule(t, stage.max_steps)
+    hooks = sorted(default_hooks(stage) if hooks is None else hooks, key=lambda h: h.order)
+    with contextlib.ExitStack() as ends:
+        for h in hooks:
+            h.before_fit(loop)
+            ends.callback(h.after_fit, loop)
+        while loop.run.step < stage.max_steps and not (loop.run.stopped or loop.run.preempted):
+            loop.lr = set_lr(loop.opt, get_lr(loop.run.step, **sched))
+            loop.loss, loop.logs = train_step(model, data, loop.opt, scaler, ctx, t)
+            loop.run.step += 1
+            for h in hooks: h.after_step(loop)
+    return stage_summary(stage, cfg, loop.run)
 
 def stage_summary(stage: Stage, cfg: Config, run: RunState) -> dict:
     "Steps, best metric, flags and checkpoint paths of a finished (or stopped) stage."
     ckdir, suffix = Path(cfg.train.output_dir) / 'checkpoints', stage_suffix(stage.name, cfg.train.suffix)
     paths = {k: str(p[-1]) for k in ('last', 'best') if (p := list_checkpoints(ckdir, suffix, k))}
-    return dict(steps=run.step, epoch=run.pos['epoch'], best_metric=run.best if math.isfinite(run.best) else None, early_stopped=run.stopped,
-                preempted=run.preempted, checkpoints={**paths, **run.paths}, scaling_factor=float(stage.scaling_factor))
+    return dict(steps=run.step, epoch=run.pos['epoch'], best_metric=run.best if math.isfinite(run.best) else None,
+                early_stopped=run.stopped, preempted=run.preempted, checkpoints={**paths, **run.paths},
+                scaling_factor=float(stage.scaling_factor))
 
 # %% ../nbs/10_train.ipynb #1b32601a
 _CLIP_KEYS = ('thin', 'thick', 'base', 'base_hu', 'residual')
