@@ -71,3 +71,16 @@ def test_interpolate_clip_matches_interpolate_z_linear():
     zk = (np.arange(Tk) + 0.5) * T / Tk; zt = np.arange(T) + 0.5
     ref = interpolate_z(thick[0, 0].numpy(), zk, zt, 'linear')
     assert interpolate_clip(thick, T, 'linear')[0, 0].numpy() == pytest.approx(ref, abs=1e-5)
+
+def test_fast_ssim_matches_pytorch_msssim_on_volumes():
+    "The shifted-sum gaussian filter gives pytorch-msssim's SSIM and MS-SSIM (public API, conv2d) to 1e-4."
+    import pytorch_msssim
+    g = torch.from_numpy(rng.uniform(-1, 1, (6, 192, 176)).astype(np.float32))
+    p = (g * 0.7 + 0.3 * torch.from_numpy(rng.uniform(-1, 1, g.shape).astype(np.float32))).clamp(-1, 1)
+    ref = pytorch_msssim.ssim(p[:, None], g[:, None], data_range=2.0, size_average=False)
+    assert np.asarray(ssim(p, g, per_slice=True)) == pytest.approx(ref.numpy(), abs=1e-4)
+    assert float(ssim(p, g, chunk=4)) == pytest.approx(float(ref.mean()), abs=1e-4)
+    ref_ms = pytorch_msssim.ms_ssim(p[:, None], g[:, None], data_range=2.0, size_average=False)
+    assert np.asarray(ms_ssim(p, g, per_slice=True)) == pytest.approx(ref_ms.numpy(), abs=1e-4)
+    m = np.ones(g.shape, bool)
+    assert float(ssim(p, g, mask=m)) == pytest.approx(float(ref.mean()), abs=1e-4)

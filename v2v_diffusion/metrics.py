@@ -10,11 +10,10 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from scipy.interpolate import CubicSpline
-from pytorch_msssim.ssim import _fspecial_gauss_1d, gaussian_filter
 
 # %% auto #0
-__all__ = ['MS_SSIM_WEIGHTS', 'INTERP_METHODS', 'psnr', 'hu_mae', 'ssim_maps', 'ssim', 'ms_ssim_scales', 'ms_ssim',
-           'per_slice_metrics', 'body_mask', 'interpolate_z', 'interpolate_clip']
+__all__ = ['CHUNK_PX', 'MS_SSIM_WEIGHTS', 'INTERP_METHODS', 'psnr', 'hu_mae', 'gauss_1d', 'gaussian_blur', 'ssim_maps', 'ssim',
+           'ms_ssim_scales', 'ms_ssim', 'per_slice_metrics', 'body_mask', 'interpolate_z', 'interpolate_clip']
 
 # %% ../nbs/08_metrics.ipynb #8dfe05a7
 def _t(x) -> torch.Tensor:
@@ -33,13 +32,16 @@ def _check_pair(pred, target):
     if len(pred.shape) < 2: raise ValueError(f"need images (..., H, W), got shape {tuple(pred.shape)}")
 
 # %% ../nbs/08_metrics.ipynb #ea84c190
+def _bool(mask) -> torch.Tensor:
+    "`mask` as a bool torch tensor (shares memory where possible)."
+    return mask.bool() if isinstance(mask, torch.Tensor) else torch.from_numpy(np.asarray(mask, dtype=bool))
+
 def _masked_mean(v: torch.Tensor, mask, dim):
-    "Mean of `v` over `dim` (all if None), restricted to `mask` when given; float64."
-    v = v.double()
-    if mask is None: return v.mean() if dim is None else v.mean(dim)
-    m = _t(mask).bool().expand_as(v).double()
-    if dim is None: return (v * m).sum() / m.sum()
-    return (v * m).sum(dim) / m.sum(dim)
+    "Mean of `v` over `dim` (all if None), restricted to `mask` when given; summed in float64."
+    dim = tuple(range(v.ndim)) if dim is None else dim
+    if mask is None: return v.mean(dim, dtype=torch.float64)
+    m = _bool(mask).expand_as(v)
+    return v.where(m, 0).sum(dim, dtype=torch.float64) / m.sum(dim)
 
 def psnr(pred, target, data_range: float = 2.0, dim=None, mask=None):
     "Peak signal-to-noise ratio in dB over `dim` (None: all voxels), optionally inside `mask`."
@@ -53,36 +55,60 @@ def hu_mae(pred_hu, target_hu, dim=None, mask=None):
     return _like(_masked_mean((_t(pred_hu) - _t(target_hu)).abs(), mask, dim), pred_hu)
 
 # %% ../nbs/08_metrics.ipynb #ccff8d7c
+CHUNK_PX = 2 ** 19
+
 def _slices(x) -> torch.Tensor:
     "(..., H, W) → (N, 1, H, W) float32."
     x = _t(x)
     return x.reshape(-1, 1, *x.shape[-2:])
 
-def ssim_maps(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, win_size: int = 11, win_sigma: float = 1.5, K=(0.01, 0.03)):
+def _chunk(chunk, shape) -> int:
+    "Slices per chunk: `chunk` if given, else about `CHUNK_PX` pixels."
+    return chunk or max(1, CHUNK_PX // (shape[-2] * shape[-1]))
+
+def gauss_1d(win_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    "Normalised 1-D gaussian window (float32), pytorch-msssim's."
+    c = torch.arange(win_size, dtype=torch.float32) - win_size // 2
+    g = torch.exp(-(c ** 2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+def _shift_sum(x: torch.Tensor, w: list, dim: int) -> torch.Tensor:
+    "Valid 1-D correlation of `x` with taps `w` along `dim`, as in-place shifted sums."
+    n = x.shape[dim] - len(w) + 1
+    out = x.narrow(dim, 0, n) * w[0]
+    for k in range(1, len(w)): out.add_(x.narrow(dim, k, n), alpha=w[k])
+    return out
+
+def gaussian_blur(x: torch.Tensor, win: torch.Tensor) -> torch.Tensor:
+    "Valid separable blur of (..., H, W) by the 1-D window `win`, along H then W."
+    w = [float(v) for v in win]
+    return _shift_sum(_shift_sum(x, w, -2), w, -1)
+
+def ssim_maps(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0, win_size: int = 11, win_sigma: float = 1.5,
+              K=(0.01, 0.03)):
     "SSIM and contrast-structure maps of image batches (N, 1, H, W), each (N, 1, H-win+1, W-win+1)."
-    if min(x.shape[-2:]) < win_size: raise ValueError(f"SSIM needs images of at least {win_size} px, got {tuple(x.shape[-2:])}")
-    win = _fspecial_gauss_1d(win_size, win_sigma).repeat(1, 1, 1, 1).to(x)
+    if min(x.shape[-2:]) < win_size:
+        raise ValueError(f"SSIM needs images of at least {win_size} px, got {tuple(x.shape[-2:])}")
     C1, C2 = (K[0] * data_range) ** 2, (K[1] * data_range) ** 2
-    mu1, mu2 = gaussian_filter(x, win), gaussian_filter(y, win)
-    s11 = gaussian_filter(x * x, win) - mu1 ** 2
-    s22 = gaussian_filter(y * y, win) - mu2 ** 2
-    s12 = gaussian_filter(x * y, win) - mu1 * mu2
+    mu1, mu2, e11, e22, e12 = gaussian_blur(torch.stack([x, y, x * x, y * y, x * y]), gauss_1d(win_size, win_sigma))
+    s11, s22, s12 = e11 - mu1 ** 2, e22 - mu2 ** 2, e12 - mu1 * mu2
     cs = (2 * s12 + C2) / (s11 + s22 + C2)
     return (2 * mu1 * mu2 + C1) / (mu1 ** 2 + mu2 ** 2 + C1) * cs, cs
 
 # %% ../nbs/08_metrics.ipynb #c37669b9
-def ssim(pred, target, data_range: float = 2.0, mask=None, per_slice: bool = False, win_size: int = 11, chunk: int = 32):
+def ssim(pred, target, data_range: float = 2.0, mask=None, per_slice: bool = False, win_size: int = 11,
+         chunk: int | None = None):
     "Mean 2D SSIM over all slices (or one value a slice with `per_slice`), optionally inside `mask`."
     _check_pair(pred, target)
     p, t = _slices(pred), _slices(target)
-    m = None if mask is None else _slices(torch.as_tensor(np.asarray(mask)) if not isinstance(mask, torch.Tensor) else mask)
-    r = win_size // 2; vals = []
+    m = None if mask is None else _bool(mask).reshape(-1, 1, *mask.shape[-2:])
+    r, vals, chunk = win_size // 2, [], _chunk(chunk, p.shape)
     for i in range(0, p.shape[0], chunk):
-        s = ssim_maps(p[i:i+chunk], t[i:i+chunk], data_range, win_size)[0].double()
-        if m is None: vals.append(s.mean((1, 2, 3)))
+        s = ssim_maps(p[i:i+chunk], t[i:i+chunk], data_range, win_size)[0]
+        if m is None: vals.append(s.mean((1, 2, 3), dtype=torch.float64))
         else:
-            mc = m[i:i+chunk, :, r:m.shape[-2]-r, r:m.shape[-1]-r].double()
-            vals.append((s * mc).sum((1, 2, 3)) / mc.sum((1, 2, 3)))
+            mc = m[i:i+chunk, :, r:m.shape[-2]-r, r:m.shape[-1]-r]
+            vals.append(s.where(mc, 0).sum((1, 2, 3), dtype=torch.float64) / mc.sum((1, 2, 3)))
     v = torch.cat(vals)
     return _like(v.reshape(pred.shape[:-2]) if per_slice else v.mean(), pred)
 
@@ -96,7 +122,8 @@ def ms_ssim_scales(size: int, win_size: int = 11, max_scales: int = 5) -> int:
     return n
 
 # %% ../nbs/08_metrics.ipynb #1a6ce66b
-def ms_ssim(pred, target, data_range: float = 2.0, per_slice: bool = False, win_size: int = 11, chunk: int = 32):
+def ms_ssim(pred, target, data_range: float = 2.0, per_slice: bool = False, win_size: int = 11,
+            chunk: int | None = None):
     "Multi-scale SSIM a 2D slice (fewer scales on small images, NaN when none fit; see above)."
     _check_pair(pred, target)
     n = ms_ssim_scales(min(pred.shape[-2:]), win_size)
@@ -107,11 +134,12 @@ def ms_ssim(pred, target, data_range: float = 2.0, per_slice: bool = False, win_
         warnings.warn(f"MS-SSIM: images {tuple(pred.shape[-2:])} fit only {n} of 5 scales; using renormalised weights")
     w = torch.tensor(MS_SSIM_WEIGHTS[:n], dtype=torch.float64); w = w / w.sum()
     p, t, vals = _slices(pred), _slices(target), []
+    chunk = _chunk(chunk, p.shape)
     for i in range(0, p.shape[0], chunk):
         x, y, levels = p[i:i+chunk], t[i:i+chunk], []
         for k in range(n):
             s, cs = ssim_maps(x, y, data_range, win_size)
-            levels.append((s if k == n - 1 else cs).double().mean((1, 2, 3)).relu())
+            levels.append((s if k == n - 1 else cs).mean((1, 2, 3), dtype=torch.float64).relu())
             if k < n - 1: x, y = (F.avg_pool2d(v, 2, padding=[d % 2 for d in v.shape[-2:]]) for v in (x, y))
         vals.append(torch.prod(torch.stack(levels) ** w[:, None], 0))
     v = torch.cat(vals)
