@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 LIB    := v2v_diffusion
 
-.PHONY: install test sync-check nbtest pytest slow demo lab bench browser-test clean
+.PHONY: install test sync-check nbtest pytest slow demo lab bench gpu-check browser-test clean
 
 $(STAMP): settings.ini setup.py
 	$(PY) -m venv $(VENV)
@@ -50,6 +50,11 @@ lab: install
 bench: install
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/v2v-bench --out BENCHMARKS.md
+
+## gpu-check: on a CUDA machine (< 8 min): seed-config steps fp16/bf16, memory vs estimate, MFU, largest batch, volume latency,
+## appended to BENCHMARKS.md with the device name. GPU_CHECK_ARGS=--dry tries the same path on the CPU in seconds.
+gpu-check: install
+	$(BIN)/v2v-bench --gpu-check --out BENCHMARKS.md $(GPU_CHECK_ARGS)
 
 ## browser-test: the viewer notebook in JupyterLab in headless Chromium (Debian's: apt-get install -y chromium chromium-driver)
 browser-test: install
