@@ -1017,13 +1017,14 @@ def memory_agreement(cfg, *, device='cuda', precisions=('fp16', 'bf16')) -> list
                              peak_gb=meas / 2**30, est_gb=est / 2**30, agree=est / meas if meas else None))
     return rows
 
-def gpu_check(cfg=None, *, device='cuda', repeat: int = 5, max_batch: int = 64, volume_slices: int = 300) -> Section:
+def gpu_check(cfg=None, *, device='cuda', precisions=('fp16', 'bf16'), repeat: int = 5, max_batch: int = 64,
+              volume_slices: int = 300) -> Section:
     "`bench_gpu` at the seed config plus `memory_agreement`; the Section `--gpu-check` appends to the report."
     from v2v_diffusion.config import get_config
     cfg = cfg or get_config('a100')
-    s = bench_gpu(cfg, device=device, repeat=repeat, max_batch=max_batch, volume_slices=volume_slices)
+    s = bench_gpu(cfg, device=device, precisions=precisions, repeat=repeat, max_batch=max_batch, volume_slices=volume_slices)
     if not s.rows: return s
-    s.rows += memory_agreement(cfg, device=device)
+    s.rows += memory_agreement(cfg, device=device, precisions=precisions)
     s.columns = {**GPU_COLUMNS, 'est_gb': 'estimate GiB', 'agree': 'estimate / measured'}
     s.notes.append('Memory rows: the real training step of each stage (as in the memory section) measured on this device, '
                    'beside its fake-tensor estimate (target: within 20 %).')
@@ -1219,7 +1220,7 @@ def run_gpu_check(a) -> Section:
     from v2v_diffusion.config import get_config
     if not a.dry and not torch.cuda.is_available(): raise SystemExit('v2v-bench --gpu-check: no CUDA device here (use --dry to test the path)')
     t0 = time.perf_counter()
-    kw = dict(device='cpu', repeat=1, max_batch=2, volume_slices=20) if a.dry else {}
+    kw = dict(device='cpu', precisions=('bf16',), repeat=1, max_batch=2, volume_slices=20) if a.dry else {}
     s = gpu_check(get_config('tiny') if a.dry else None, **kw)
     s.notes.append(f'`v2v-bench --gpu-check{" --dry" if a.dry else ""}` in {time.perf_counter() - t0:.0f} s.')
     path = append_gpu_check(a.out, machine_info(), s)
