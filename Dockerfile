@@ -6,9 +6,10 @@
 # it does not run nbdev_export, so nbdev is not needed in the image.
 #
 # Base: PyTorch 2.9.1 built for CUDA 12.6, the newest CUDA line whose PyTorch builds still include Volta
-# (sm_70, V100); it runs on A100/H100 too. Its torch satisfies settings.ini's `torch>=2.4`, so
-# `pip install .` keeps it (checked below). Node driver: >= 560 (CUDA 12.6), or >= 525 with minor-version
-# compatibility. To pin by digest: docker buildx imagetools inspect pytorch/pytorch:2.9.1-cuda12.6-cudnn9-runtime
+# (sm_70, V100); it runs on A100/H100 too. Its torch satisfies settings.ini's `torch>=2.4`; the install
+# pins it with a constraint, so pip keeps it (checked below). Node driver: >= 560 (CUDA 12.6), or >= 525 with
+# minor-version compatibility. To pin by digest:
+#   docker buildx imagetools inspect pytorch/pytorch:2.9.1-cuda12.6-cudnn9-runtime
 ARG BASE_IMAGE=pytorch/pytorch:2.9.1-cuda12.6-cudnn9-runtime
 FROM ${BASE_IMAGE}
 
@@ -32,17 +33,26 @@ RUN set -eux; \
 
 WORKDIR /opt/v2v
 
-# Dependencies first (this layer is rebuilt only when the package or its settings change).
-# nbconvert: `jupyter nbconvert --to html` in the visualization Job (not in settings.ini requirements).
-COPY settings.ini setup.py pyproject.toml README.md ./
+# Dependencies first, from settings.ini alone: this layer is rebuilt only when settings.ini changes, not on every
+# commit. torch is pinned to the base image's build (a constraint), so pip can never swap in another torch.
+COPY settings.ini ./
+RUN set -eux; \
+    python -c 'import torch; print(f"torch=={torch.__version__}")' > /tmp/constraints.txt; \
+    python -c 'import configparser, shlex; c = configparser.ConfigParser(delimiters=["="]); c.read("settings.ini"); \
+               print("\n".join(shlex.split(c["DEFAULT"]["requirements"])))' > /tmp/requirements.txt; \
+    pip install --no-cache-dir -c /tmp/constraints.txt -r /tmp/requirements.txt; \
+    rm /tmp/requirements.txt
+
+# The package itself (changes with every commit): no dependency left to fetch.
+COPY setup.py pyproject.toml README.md ./
 COPY v2v_diffusion/ v2v_diffusion/
 RUN set -eux; \
-    torch_before="$(python -c 'import torch; print(torch.__version__)')"; \
-    pip install --no-cache-dir . "nbconvert>=7.0"; \
-    python -c 'import sys, torch; b = sys.argv[1]; sys.exit(0 if torch.__version__ == b else f"pip replaced the base torch {b} with {torch.__version__}")' "$torch_before"; \
-    python -c 'import v2v_diffusion, v2v_diffusion.config'; \
+    pip install --no-cache-dir --no-deps -c /tmp/constraints.txt .; \
+    python -c 'import sys, torch; b = open("/tmp/constraints.txt").read().strip().split("==")[1]; \
+               sys.exit(0 if torch.__version__ == b else f"pip replaced torch {b} by {torch.__version__}")'; \
+    python -c 'import v2v_diffusion, v2v_diffusion.config, v2v_diffusion.cli'; \
     pip freeze > /opt/v2v/image-requirements.txt; \
-    rm -rf build ./*.egg-info
+    rm -rf build ./*.egg-info /tmp/constraints.txt
 
 # The rest of the repo (notebooks for papermill, k8s/bin helpers, data_samples for the demo); .dockerignore
 # keeps out .git, .venv, runs, caches and anything secret-looking.

@@ -63,6 +63,61 @@ def test_keep_last_and_best(tmp_path):
     m, opt, scaler = _trained(1)
     for step, best in [(1, True), (2, False), (3, True), (4, False)]:
         save_checkpoint(_ckpt(step, m, opt, scaler) | {'epoch': step}, tmp_path, suffix='tiny', keep_last=2, is_best=best)
-    names = sorted(p.name for p in tmp_path.iterdir())
+    names = sorted(p.name for p in tmp_path.iterdir() if p.suffix == '.pt')
     assert names == ['checkpoint_best_epoch_3_tiny.pt', 'checkpoint_last_tiny.pt', 'checkpoint_step_3_tiny.pt', 'checkpoint_step_4_tiny.pt']
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != '.pt') == sorted(n + '.sha256' for n in names)
     assert load_checkpoint(tmp_path / 'checkpoint_best_epoch_3_tiny.pt')['step'] == 3
+
+
+def test_copies_are_independent_and_checked(tmp_path):
+    "Issue 15.2: last/step/best are separate files; damage to one is found by its checksum and resume falls back."
+    m, opt, scaler = _trained(1)
+    save_checkpoint(_ckpt(1, m, opt, scaler), tmp_path, suffix='tiny', keep_last=3)
+    paths = save_checkpoint(_ckpt(2, m, opt, scaler), tmp_path, suffix='tiny', keep_last=3, is_best=True)
+    assert len({p.stat().st_ino for p in paths.values()}) == 3
+    raw = bytearray(paths['last'].read_bytes())
+    raw[len(raw) // 2] ^= 0x01                                          # one flipped bit inside the weights
+    paths['last'].write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match='checkpoint_last_tiny.pt: sha256 differs'): load_checkpoint(paths['last'])
+    assert load_checkpoint(paths['step'])['step'] == 2 and load_checkpoint(paths['best'])['step'] == 2
+    with pytest.warns(UserWarning, match='checkpoint_last_tiny.pt.*falling back'):
+        assert resolve_resume('auto', tmp_path, 'tiny') in (paths['step'], paths['best'])
+    paths['step'].write_bytes(paths['step'].read_bytes()[:-10])             # truncated: size differs from the sidecar
+    with pytest.raises(CheckpointError, match='truncated'): load_checkpoint(paths['step'])
+    for p in tmp_path.glob('*.pt'): p.write_bytes(b'x' * 10)
+    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match='none of the 4 checkpoint'):
+        resolve_resume('auto', tmp_path, 'tiny')
+
+
+def test_resume_keeps_to_its_own_run(tmp_path):
+    "Issue 15.1: a run id in every checkpoint; auto-resume and pruning only look at the run's own files."
+    m, opt, scaler = _trained(1)
+    for run, steps in (('old', (10, 20, 30)), ('new', (4, 8, 12))):
+        for step in steps:
+            save_checkpoint(_ckpt(step, m, opt, scaler) | {'run_id': run}, tmp_path, suffix='tiny', keep_last=1)
+    steps = sorted(p.name for p in list_checkpoints(tmp_path, 'tiny', 'step'))
+    assert steps == ['checkpoint_step_12_tiny.pt', 'checkpoint_step_30_tiny.pt']    # the new run's step 12 survived
+    assert load_checkpoint(resolve_resume('auto', tmp_path, 'tiny', run_id='new'))['step'] == 12
+    assert load_checkpoint(resolve_resume('auto', tmp_path, 'tiny', run_id='old'))['step'] == 30
+
+
+def test_open_run_refuses_another_config(tmp_path):
+    "Issue 15.1: a different config in a used folder is refused; force_new keeps the old run under previous/."
+    out = tmp_path / 'run'
+    rid = open_run(out, get_config('tiny'))
+    assert open_run(out, get_config('tiny', ['train.max_steps=40', 'train.resume=auto'])) == rid
+    with pytest.raises(RunError, match='different config.*train.lr'):
+        open_run(out, get_config('tiny', ['train.lr=0.01']))
+    (out / 'metrics.jsonl').write_text('{}\n')
+    with pytest.warns(UserWarning, match='moved'):
+        new = open_run(out, get_config('tiny', ['train.lr=0.01']), force_new=True)
+    assert new != rid and (out / 'previous' / rid / 'metrics.jsonl').is_file() and not (out / 'metrics.jsonl').exists()
+
+
+def test_nonfinite_weights_are_never_saved(tmp_path):
+    "Issue 15.3: a checkpoint with NaN/inf weights or optimizer state is refused and nothing is written."
+    m, opt, scaler = _trained(1)
+    ck = _ckpt(1, m, opt, scaler)
+    ck['models']['vae'] = {k: v * float('inf') if k.endswith('bias') else v for k, v in ck['models']['vae'].items()}
+    with pytest.raises(NonFiniteError, match='models.vae.0.bias'): save_checkpoint(ck, tmp_path, suffix='tiny')
+    assert list(tmp_path.iterdir()) == []

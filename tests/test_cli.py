@@ -7,13 +7,13 @@ import v2v_diffusion.cli as cli
 from v2v_diffusion.config import get_config, config_to_dict
 from v2v_diffusion.checkpoint import CHECKPOINT_KEYS, save_checkpoint, code_version
 from v2v_diffusion.vae import VAE
-from v2v_diffusion.unet import UNet
+from v2v_diffusion.formulation import build_unet
 from v2v_diffusion.phantom import phantom_case, write_phantom_case, CATEGORIES
 
 def save_tiny_checkpoint(run_dir) -> Path:
     "An untrained tiny diffusion-stage checkpoint (2 DDIM steps) in `run_dir/checkpoints`."
     cfg = get_config('tiny', ['diffusion.ddim_steps=2']); torch.manual_seed(0)
-    vae, unet = VAE(cfg.vae), UNet(cfg.unet, latent_channels=cfg.vae.latent_channels)
+    vae, unet = VAE(cfg.vae), build_unet(cfg)
     ck = {k: None for k in CHECKPOINT_KEYS} | dict(
         config=config_to_dict(cfg), stage='diffusion', scaling_factor=1.0, step=1, epoch=0, best_metric=0.0,
         models=dict(vae=vae.state_dict(), unet=unet.state_dict(), unet_ema=unet.state_dict()), code_version=code_version())
@@ -41,9 +41,10 @@ def test_infer_zip(setup):
     tmp, ckpt = setup
     s = cli.infer_main(['--checkpoint', str(tmp / 'run'), '--input', str(tmp / 'data' / 'APE' / 'case0.zip'), '--out', str(tmp / 'o1'), '--seed', '1'])
     assert s['thin_shape'] == [20, 32, 32] and s['thin_spacing_mm'] == 1.0           # on the ground truth's grid
-    assert set(s['metrics']) == {'nearest', 'linear', 'cubic', 'model'}
+    assert set(s['metrics']) == {'nearest', 'linear', 'cubic', 'nearest_dc', 'linear_dc', 'cubic_dc', 'model'}
     assert len(list((tmp / 'o1' / 'thin_dicom').glob('*.dcm'))) == 20 and (tmp / 'o1' / 'thin.nii.gz').exists()
-    assert json.loads((tmp / 'o1' / 'summary.json').read_text())['case'] == 'case0'
+    assert (tmp / 'o1' / 'thin_std.nii.gz').exists() and s['samples'] == 2
+    assert not {'case', 'input'} & set(json.loads((tmp / 'o1' / 'summary.json').read_text()))   # de-identified
 
 def test_infer_case_of_dataset_with_spacing_and_tags(setup):
     tmp, ckpt = setup

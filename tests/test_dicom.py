@@ -68,7 +68,9 @@ def test_write_read_roundtrip(tmp_path, ts):
     np.testing.assert_allclose(w.orientation, v.orientation, atol=1e-6); np.testing.assert_allclose(w.spacing, v.spacing, atol=1e-6)
     np.testing.assert_allclose(w.affine(), v.affine(), atol=1e-4); assert w.thickness == 3.0
     ds = pydicom.dcmread(paths[0])
-    assert list(ds.ImageType)[:2] == ['DERIVED', 'SECONDARY'] and ds.PatientID == 'ANONYMOUS'     # de-identified by default
+    assert list(ds.ImageType) == ['DERIVED', 'SECONDARY', 'AXIAL']
+    assert ds.PatientID == 'ANONYMOUS'                                               # de-identified by default
+    assert ds.PatientIdentityRemoved == 'YES' and ds.PatientName == 'ANONYMOUS'
     w2 = read_series(write_dicom_series(v, tmp_path / 'b', reference_meta=v.meta, copy_patient_tags=True))
     assert w2.meta['PatientID'] == 'X9'
     assert len({w.meta['StudyInstanceUID'], w2.meta['StudyInstanceUID']}) == 2           # new UIDs each time

@@ -92,7 +92,7 @@ def test_invalid_options_list_valid_ones(make, msg):
     with pytest.raises((ValueError, RuntimeError), match=msg): make()
 
 def test_min_snr_weights():
-    d = diffusion(min_snr_gamma=5.0); t = torch.tensor([0, 999])
+    d = diffusion(min_snr_gamma=5.0, prediction='eps'); t = torch.tensor([0, 999])
     w = d.loss_weight(t)
     assert w[0].item() == pytest.approx(5 / d.snr[0].item(), rel=1e-5) and w[1].item() == 1.0
     wv = diffusion(min_snr_gamma=5.0, prediction='v').loss_weight(t)

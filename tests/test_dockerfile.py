@@ -152,3 +152,14 @@ def test_docker_build():
     assert r.returncode == 0, r.stderr[-3000:]
     r = subprocess.run(['docker', 'run', '--rm', 'v2v-diffusion:test', 'v2v-train', '--help'], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_dependencies_are_a_layer_of_their_own():
+    "settings.ini alone feeds the dependency install, so a commit to the package does not re-download them."
+    steps = [(i, a) for i, a in INSTRS if i in ('COPY', 'RUN')]
+    dep = next(k for k, (i, a) in enumerate(steps) if i == 'RUN' and 'requirements' in a and 'pip install' in a)
+    copies_before = [a for i, a in steps[:dep] if i == 'COPY']
+    assert copies_before == ['settings.ini ./'], copies_before
+    pkg = next(k for k, (i, a) in enumerate(steps) if i == 'COPY' and 'v2v_diffusion/' in a)
+    assert pkg > dep
+    assert '--no-deps' in next(a for i, a in steps[pkg:] if i == 'RUN' and 'pip install' in a)

@@ -6,14 +6,16 @@ from types import SimpleNamespace
 from v2v_diffusion.dicom import Volume, read_series, nifti_affine
 from v2v_diffusion.data import ClipDataset, PairedCase
 from v2v_diffusion.phantom import phantom_case
-from v2v_diffusion.inference import (sliding_window_z, window_starts, infer_volume, export_volume, cond_frames,
-                                     cond_positions, _resized_hu, evaluate_case)
+from v2v_diffusion.inference import (sliding_window_z, window_starts, infer_volume, infer_posterior, export_volume, cond_frames,
+                                     cond_positions, _resized_hu)
+from v2v_diffusion.evaluate import evaluate_case, evaluate_slice_drop, drop_slices
+from v2v_diffusion.base import SlabModel
 from v2v_diffusion.metrics import interpolate_z
 from v2v_diffusion.windowing import hu_to_unit
 from v2v_diffusion.config import get_config
 from v2v_diffusion.checkpoint import Pipeline
 from v2v_diffusion.vae import VAE
-from v2v_diffusion.unet import UNet
+from v2v_diffusion.formulation import build_unet
 from v2v_diffusion.diffusion import GaussianDiffusion
 
 def tiny_cfg(*overrides):
@@ -22,7 +24,7 @@ def tiny_cfg(*overrides):
 def tiny_pipeline(cfg=None, seed=0) -> Pipeline:
     "An untrained tiny pipeline (eval mode)."
     cfg = cfg or tiny_cfg(); torch.manual_seed(seed)
-    vae, unet = VAE(cfg.vae).eval(), UNet(cfg.unet, latent_channels=cfg.vae.latent_channels).eval()
+    vae, unet = VAE(cfg.vae).eval(), build_unet(cfg).eval()
     return Pipeline(cfg, vae, unet, GaussianDiffusion(cfg.diffusion).eval(), 1.0)
 
 
@@ -55,20 +57,66 @@ def test_condition_matches_training_clips(case, mode):
                       (cfg.data.window_center, cfg.data.window_width))
     np.testing.assert_allclose(ours, item['thick'][0].numpy(), atol=2e-5)
 
+def test_base_condition_matches_training_clips(case):
+    "The base a window is conditioned on at inference is the base of the training clip at the same positions."
+    from v2v_diffusion.inference import _conditions
+    from v2v_diffusion.base import interpolation_base
+    cfg = tiny_cfg()
+    item = ClipDataset([case], cfg.data, train=False, formulation=cfg.formulation)[1]
+    z = np.asarray(case.thin.z, float); s = int(np.searchsorted(z, item['z_start']))
+    base = interpolation_base(case.thick.hu, case.thick.z, case.thick.thickness, z)
+    ours = _conditions(cfg, case.thick, base, z)([s])[0]
+    np.testing.assert_allclose(ours.numpy(), item['base'].numpy(), atol=3e-3)   # ≈1 HU: the clip's spline is local
+
 def test_infer_volume_with_a_real_tiny_pipeline(case):
     pipe = tiny_pipeline()
     a = infer_volume(pipe, case.thick, steps=2, seed=3, progress=False)
     b = infer_volume(pipe, case.thick, steps=2, seed=3, progress=False)
-    assert a.hu.shape == (int(case.thick.z[-1] - case.thick.z[0]) + 1, 48, 48) and np.isfinite(a.hu).all()
+    span = case.thick.z[-1] - case.thick.z[0] + case.thick.thickness
+    assert a.hu.shape == (int(round(span)), 48, 48) and np.isfinite(a.hu).all()     # the slabs' full extent
     np.testing.assert_array_equal(a.hu, b.hu)                                    # seeded
-    assert a.hu.min() >= -700 - 1e-3 and a.hu.max() <= 1100 + 1e-3              # within the data window
+    assert a.hu.min() < -1000                                                    # air in full HU: never clipped to the window
     r = evaluate_case(pipe, case, steps=2, progress=False)
-    assert set(r['metrics']) == {'nearest', 'linear', 'cubic', 'model', 'vae'} and r['preds']['model'].shape == case.thin.hu.shape
+    assert set(r['metrics']) == {'model', 'model_sample', 'vae', 'nearest', 'linear', 'cubic', 'nearest_dc', 'linear_dc', 'cubic_dc'}
+    assert r['preds']['model'].shape == case.thin.hu.shape
+
+def _far_outside_window() -> Volume:
+    "A synthetic thick series whose HU lie far outside the seed window (−700..1100), both ways."
+    z = np.arange(0., 36., 5.); yy, xx = np.mgrid[0:24, 0:24]
+    hu = np.stack([np.where(xx < 12, -2500.0 + 10 * yy, 3000.0 + 20 * zz) for zz in z]).astype(np.float32)
+    return Volume(hu, z, (5., 1., 1.), np.zeros(3), np.array([1., 0, 0, 0, 1, 0]), 5.0, {})
+
+def test_values_far_outside_the_window_pass_through_unclipped():
+    thick = _far_outside_window()
+    post = infer_posterior(tiny_pipeline(), thick, steps=2, progress=False)
+    assert post.mean.hu.min() < -2400 and post.mean.hu.max() > 2900
+    sm = SlabModel.of(thick.z, thick.thickness, post.mean.z)
+    assert np.abs(sm.slab_means(post.mean.hu) - thick.hu).max() <= 0.5         # consistent within 0.5 HU
+
+def test_zero_residual_is_the_base_bit_for_bit_and_k1_mean_is_the_sample(case):
+    zero = lambda cond, T: torch.zeros(cond.shape[0], 1, T, *cond.shape[-2:])
+    post = infer_posterior(SimpleNamespace(cfg=tiny_cfg()), case.thick, progress=False, predict_fn=zero)
+    assert post.mean.hu.tobytes() == post.base.hu.tobytes()
+    assert post.mean.hu.tobytes() == post.sample.hu.tobytes() and post.num_samples == 1 and post.std.hu.max() == 0
+
+def test_two_seeds_give_different_samples(case):
+    pipe = tiny_pipeline()
+    for p in pipe.unet.parameters(): torch.nn.init.normal_(p, std=0.02)
+    a, b = (infer_posterior(pipe, case.thick, steps=2, seed=s, num_samples=2, progress=False) for s in (1, 2))
+    assert np.abs(a.sample.hu - b.sample.hu).max() > 1e-2 and a.std.hu.max() > 0
+
+def test_slice_drop_scores_only_the_dropped_slices(case):
+    kept, dropped = drop_slices(case.thin, 2)
+    assert len(dropped) == len(case.thin.z) // 2 and not set(np.searchsorted(case.thin.z, kept.z)) & set(dropped)
+    r = evaluate_slice_drop(tiny_pipeline(), case.thin, 2, steps=1, progress=False)
+    np.testing.assert_array_equal(r['score_z'], case.thin.z[dropped])
+    assert r['metrics']['linear']['psnr_z'].shape == (len(dropped),)
 
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory, case):
     out = tmp_path_factory.mktemp('export')
-    thin = infer_volume(SimpleNamespace(cfg=tiny_cfg()), case.thick, progress=False, denoise_fn=lambda c, T: torch.nn.functional.interpolate(c, size=(T, *c.shape[-2:]), mode='trilinear'))
+    zero = lambda cond, T: torch.zeros(cond.shape[0], 1, T, *cond.shape[-2:])
+    thin = infer_volume(SimpleNamespace(cfg=tiny_cfg()), case.thick, progress=False, predict_fn=zero)
     thin.hu = thin.hu + np.random.default_rng(0).normal(0, 30, thin.hu.shape).astype(np.float32)   # non-integer HU
     ref = dict(PatientID='PID-7', PatientName='Doe^Jane', StudyInstanceUID='1.2.3.4', SeriesInstanceUID='1.2.3.4.5')
     return thin, export_volume(thin, out, reference_meta=ref), export_volume(thin, out / 'copy', reference_meta=ref, copy_patient_tags=True, pngs=False)

@@ -281,6 +281,29 @@ def test_gpu_workloads():
     assert {(g, 'Job', 'v2v-train') for g in GPUS} <= seen and {(g, 'PyTorchJob', 'v2v-train-ddp') for g in GPUS} <= seen
 
 
+def _torch_containers():
+    "(where, container, pod kind) of every applied container that runs torch: everything but TensorBoard."
+    for name, objs in APPLIED.items():
+        for o in objs:
+            for where, c in _containers(o):
+                if 'tensorboard' not in c['command']: yield f"{name}:{o['kind']}/{o['metadata']['name']}{where}", c, o['kind']
+
+def test_torch_threads_follow_the_cpu_allotment():
+    "V2V_NUM_THREADS comes from this container's CPU limit (its request where it has none), OMP_NUM_THREADS from it."
+    seen = 0
+    for where, c, kind in _torch_containers():
+        env = {e['name']: e for e in c.get('env', [])}
+        ref = env['V2V_NUM_THREADS']['valueFrom']['resourceFieldRef']
+        res = c['resources']
+        wanted = 'limits.cpu' if 'cpu' in res.get('limits', {}) else 'requests.cpu'
+        assert ref == {'containerName': c['name'], 'resource': wanted, 'divisor': '1'}, where
+        assert 'cpu' in res[wanted.split('.')[0]], where
+        if kind == 'PyTorchJob': assert 'OMP_NUM_THREADS' not in env, f"{where}: torchrun shares the CPUs out"
+        else: assert env['OMP_NUM_THREADS']['value'] == '$(V2V_NUM_THREADS)', where
+        seen += 1
+    assert seen >= 8
+
+
 def _one(name, kind, obj_name):
     return next(o for o in APPLIED[name] if _key(o) == (kind, obj_name))
 
@@ -457,6 +480,7 @@ def test_nbconvert_and_tensorboard_flags():
             for f in _flags(argv[2:]):
                 assert f.lstrip('-') in NbConvertApp.aliases or f.lstrip('-') in NbConvertApp.flags, f"{where}: {f}"
             assert argv[argv.index('--to') + 1] == 'html'
+            assert argv[argv.index('--config') + 1] == f'{IMAGE_DIR}/k8s/bin/static_html.py', f"{where}: static HTML, no CDN"
             n += 1
         if argv[0] == 'tensorboard':
             program.TensorBoard().configure(argv=argv)            # argparse: SystemExit on an unknown flag

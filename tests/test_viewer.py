@@ -175,3 +175,20 @@ def test_open_case_names_what_exists():
     assert open_case(data, 'phantom_001').case_id == 'phantom_001'
     with pytest.raises(KeyError, match="case 'nope' is not under .*phantom_000"): open_case(data, 'nope')
     with pytest.raises(FileNotFoundError): open_case(data / 'missing')
+
+
+def test_coronal_positions_are_patient_coordinates(vols):
+    "The coronal slider runs over the patient's y (mm, from the origin); volumes without geometry take the reference's."
+    from dataclasses import replace
+    truth = replace(vols['truth'], origin=(-16.8, -20.0, 100.0), orientation=(1, 0, 0, 0, 1, 0))
+    v = SliceViewer({'generated': vols['generated'], 'truth': truth}, reference='truth')
+    v.orientation.value = 'coronal'
+    assert (v.slider.min, round(v.slider.max, 6)) == (-20.0, round(-20.0 + 47 * 0.7, 6))
+    v.slider.value = -20.0 + 30 * 0.7                                           # row 30 (the error is in rows 10-19)
+    np.testing.assert_array_equal(v.plane('generated'), v.plane('truth'))        # the same row of both
+    assert 'y 1.0 mm' in v.labels['generated'].value and 'y 1.0 mm' in v.labels['truth'].value
+    sides = v.sides['truth']
+    assert [sides[s].value.count(f'>{t}<') for s, t in (('top', 'S'), ('left', 'R'), ('right', 'L'))] == [1, 1, 1]
+    fig = v.figure()
+    assert 'window seed (C 200 / W 1800)' in fig.get_suptitle()
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ['I', 'L', 'R', 'S']

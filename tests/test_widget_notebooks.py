@@ -5,7 +5,7 @@ and read back by `checkpoint.load_pipeline` inside the notebooks: this checks th
 (parameters, checkpoint loading, case loading, VAE reconstruction, DDIM sampling over several seeds, the viewer's
 static fallback, the files written), not image quality — training a model is out of a test's budget.
 """
-import base64, json, os
+import base64, json, os, re, subprocess, sys
 from pathlib import Path
 import pytest
 import torch
@@ -20,11 +20,11 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from v2v_diffusion.config import get_config, config_to_dict
     from v2v_diffusion.checkpoint import save_checkpoint, code_version
     from v2v_diffusion.vae import VAE
-    from v2v_diffusion.unet import UNet
+    from v2v_diffusion.formulation import build_unet
     cfg = get_config('tiny')
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        vae, unet = VAE(cfg.vae), UNet(cfg.unet, latent_channels=cfg.vae.latent_channels)
+        vae, unet = VAE(cfg.vae), build_unet(cfg)
     ckpt = dict(config=config_to_dict(cfg), stage='diffusion',
                 models=dict(vae=vae.state_dict(), unet=unet.state_dict(), unet_ema=unet.state_dict()),
                 scaling_factor=1.0, optimizer=None, lr_scheduler=None, scaler=None, step=1, epoch=0, rng=None,
@@ -62,12 +62,27 @@ def test_compare_reconstructions(tiny_checkpoint, tmp_path, monkeypatch):
     nb = run_notebook('21_compare_reconstructions.ipynb', tmp_path, monkeypatch, checkpoint=str(tiny_checkpoint),
                       data_root=str(DATA), case_id='phantom_001', output_dir=str(tmp_path / 'viewer'))
     check_common(nb, tmp_path / 'viewer', 'phantom_001_reconstruction', n_rows=2)
+    static_html_shows_the_figures(tmp_path / 'out_21_compare_reconstructions.ipynb')
+
+
+def static_html_shows_the_figures(executed: Path):
+    "The visualization Job's HTML export (k8s/bin/static_html.py) shows the viewer's PNG, with no widget to fetch."
+    config = str(ROOT / 'k8s/bin/static_html.py')
+    subprocess.run([sys.executable, '-m', 'jupyter', 'nbconvert', '--config', config, '--to', 'html', str(executed)],
+                   check=True, capture_output=True)
+    page = executed.with_suffix('.html').read_text()
+    pngs = re.findall(r'<img[^>]*src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert pngs and max(len(base64.b64decode(p)) for p in pngs) > 10_000, 'the viewer figure is in the page'
+    assert 'widget-view+json' not in page and 'widget-state+json' not in page and 'html-manager' not in page
 
 
 def test_compare_samples(tiny_checkpoint, tmp_path, monkeypatch):
     nb = run_notebook('22_compare_samples.ipynb', tmp_path, monkeypatch, checkpoint=str(tiny_checkpoint.parent.parent),
                       data_root=str(DATA), case_id='phantom_002', output_dir=str(tmp_path / 'viewer'), seeds=[3, 4])
-    check_common(nb, tmp_path / 'viewer', 'phantom_002_samples', n_rows=5)   # thick, 2 seeds, linear, cubic
+    check_common(nb, tmp_path / 'viewer', 'phantom_002_samples', n_rows=6)   # thick, mean, 2 seeds, linear, cubic
     table = (tmp_path / 'viewer' / 'phantom_002_samples.md').read_text()
     assert 'generated (seed 3)' in table and 'generated (seed 4)' in table and 'cubic interpolation' in table
+    seeds = [m for m in map(''.join, outputs(nb, 'text/markdown')) if 'to generated (seed 3)' in m]
+    assert seeds and 'generated (seed 4)' in seeds[0], 'the table of differences between seeds is shown'
+    assert float(seeds[0].splitlines()[-1].split('|')[2]) > 0, 'two seeds, two different samples'
 

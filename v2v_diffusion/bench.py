@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, datetime, gc, io, json, math, os, platform, resource, statistics, subprocess, sys, threading, time, weakref, zipfile
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from importlib import metadata
 from pathlib import Path
@@ -627,10 +627,10 @@ def bench_pipeline(cfg, *, device='cpu', seed:int=0):
     "A `checkpoint.Pipeline` of randomly initialised nets at `cfg` (eval mode): timing needs shapes, not weights."
     from v2v_diffusion.checkpoint import Pipeline
     from v2v_diffusion.vae import VAE
-    from v2v_diffusion.unet import UNet
+    from v2v_diffusion.formulation import build_unet
     from v2v_diffusion.diffusion import GaussianDiffusion
     torch.manual_seed(seed)
-    vae, unet = VAE(cfg.vae).to(device).eval(), UNet(cfg.unet, latent_channels=cfg.vae.latent_channels).to(device).eval()
+    vae, unet = VAE(cfg.vae).to(device).eval(), build_unet(cfg).to(device).eval()
     return Pipeline(cfg, vae, unet, GaussianDiffusion(cfg.diffusion).to(device), cfg.vae.scaling_factor)
 
 def thick_volume(thin_slices:int=300, *, spacing:float=5.0, size:int=64, seed:int=0):
@@ -669,9 +669,9 @@ def _volume_row(sizes, device):
     t, h, w = sizes.volume_latent; ov = max(1, t // 3)
     vcfg, ucfg = bench_configs(replace(sizes, vae_channels=(16, 16, 32, 32), vae_groups=8, unet_channels=sizes.volume_width, unet_mult=(1, 2),
                                        unet_attention=(1,), unet_heads=2, unet_groups=8))
+    nets = [f'{s}.{f.name}={json.dumps(getattr(c, f.name))}' for s, c in (('vae', vcfg), ('unet', ucfg)) for f in fields(c)]
     cfg = get_config('v100', [f'data.n_frames={t}', f'data.height={8 * h}', f'data.width={8 * w}', f'infer.overlap={ov}', 'infer.batch_size=2',
-                              f'diffusion.ddim_steps={sizes.ddim_steps}', 'train.precision=fp32', 'data.thick_mode=resampled'])
-    cfg.vae, cfg.unet = vcfg, ucfg
+                              f'diffusion.ddim_steps={sizes.ddim_steps}', 'train.precision=fp32', 'data.thick_mode=resampled', *nets])
     pipe, thick = bench_pipeline(cfg, device=device), thick_volume(sizes.volume_slices, size=8 * h)
     t0 = time.perf_counter(); out = infer_volume(pipe, thick, progress=False); dt = time.perf_counter() - t0
     nw = n_windows(out.hu.shape[0], t, ov)

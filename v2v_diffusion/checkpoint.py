@@ -4,23 +4,28 @@
 
 # %% ../nbs/09_checkpoint.ipynb #41bda3d0
 from __future__ import annotations
-import functools, os, random, re, shutil, subprocess, warnings
+import contextlib, functools, hashlib, json, os, random, re, subprocess, time, uuid, warnings
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
+import yaml
+from filelock import FileLock, Timeout
 import torch
 from torch import nn
 import v2v_diffusion
 from .config import Config, config_from_dict, config_to_dict
 from .vae import VAE
-from .unet import UNet
+from .formulation import build_unet
 from .diffusion import GaussianDiffusion
 
 # %% auto #0
-__all__ = ['CHECKPOINT_KEYS', 'rng_state', 'set_rng_state', 'atomic_save', 'stage_suffix', 'checkpoint_name',
-           'parse_checkpoint_name', 'list_checkpoints', 'code_version', 'save_checkpoint', 'CheckpointError',
-           'load_checkpoint', 'latest_checkpoint', 'resolve_resume', 'unwrap', 'state_of', 'Pipeline',
-           'find_pipeline_checkpoint', 'load_pipeline']
+__all__ = ['CHECKPOINT_KEYS', 'RUN_FILE', 'LOCK_NAME', 'RESUMABLE', 'rng_state', 'set_rng_state', 'atomic_save',
+           'atomic_write_text', 'checksum_path', 'file_sha256', 'write_checksum', 'read_checksum', 'stage_suffix',
+           'checkpoint_name', 'parse_checkpoint_name', 'list_checkpoints', 'code_version', 'NonFiniteError',
+           'nonfinite_tensors', 'save_checkpoint', 'CheckpointError', 'verify_checksum', 'load_checkpoint',
+           'latest_checkpoint', 'resolve_resume', 'RunError', 'run_identity', 'identity_diff', 'read_run',
+           'current_run_id', 'archive_run', 'open_run', 'folder_lock', 'unwrap', 'state_of', 'Pipeline',
+           'pipeline_checkpoints', 'find_pipeline_checkpoint', 'load_pipeline']
 
 # %% ../nbs/09_checkpoint.ipynb #5553da57
 def rng_state() -> dict:
@@ -58,23 +63,71 @@ def atomic_save(obj, path) -> Path:
     os.replace(tmp, path); _fsync_dir(path.parent)
     return path
 
-def _atomic_link(src: Path, dst: Path) -> Path:
-    "Make `dst` the same file as `src` (hard link, or copy) atomically."
-    tmp = dst.with_name(dst.name + '.tmp'); tmp.unlink(missing_ok=True)
-    try: os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-        with open(tmp, 'rb+') as f: os.fsync(f.fileno())
-    os.replace(tmp, dst); _fsync_dir(dst.parent)
-    return dst
+def atomic_write_text(path, text: str) -> Path:
+    "Write `text` to `path` via a temp file unique to this process, fsync and `os.replace`: all of it or nothing."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
+    try:
+        with open(tmp, 'w') as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return path
+
+def _atomic_copy(src: Path, dst: Path) -> str:
+    "Copy `src` to `dst` as an independent file (temp + fsync + `os.replace`); the sha256 of the bytes copied."
+    h, tmp = hashlib.sha256(), dst.with_name(dst.name + '.tmp')
+    with open(src, 'rb') as fi, open(tmp, 'wb') as fo:
+        while block := fi.read(8 << 20):
+            h.update(block)
+            fo.write(block)
+        fo.flush()
+        os.fsync(fo.fileno())
+    os.replace(tmp, dst)
+    _fsync_dir(dst.parent)
+    return h.hexdigest()
+
+# %% ../nbs/09_checkpoint.ipynb #725eea1a
+def checksum_path(path) -> Path:
+    "The sidecar of a file: `<name>.sha256` next to it."
+    path = Path(path)
+    return path.with_name(path.name + '.sha256')
+
+def file_sha256(path) -> str:
+    "Hex sha256 of a file, read in 8 MiB blocks."
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while block := f.read(8 << 20): h.update(block)
+    return h.hexdigest()
+
+def write_checksum(path, digest: str | None = None, **info) -> Path:
+    "Write the sidecar of `path` (JSON: sha256, bytes, `info`) atomically; call it once the file itself is in place."
+    path = Path(path)
+    rec = {'sha256': digest or file_sha256(path), 'bytes': path.stat().st_size, **info}
+    return atomic_write_text(checksum_path(path), json.dumps(rec) + '\n')
+
+def read_checksum(path) -> dict | None:
+    "The sidecar record of `path`, None when there is none; `CheckpointError` naming it when it is unreadable."
+    side = checksum_path(path)
+    if not side.is_file(): return None
+    try: rec = json.loads(side.read_text())
+    except (OSError, ValueError) as e: raise CheckpointError(f"{side}: unreadable checksum file ({e})") from None
+    if not isinstance(rec, dict) or not isinstance(rec.get('sha256'), str) or not isinstance(rec.get('bytes'), int):
+        raise CheckpointError(f"{side}: not a checksum record")
+    return rec
 
 # %% ../nbs/09_checkpoint.ipynb #be39c58d
 _NAME = re.compile(r'^checkpoint_(?:(?P<last>last)|best_epoch_(?P<epoch>\d+)|step_(?P<step>\d+))_(?P<suffix>.+)\.pt$')
 
 def stage_suffix(stage: str, suffix: str) -> str:
-    "File suffix of a stage: `vae_<suffix>` for the VAE stage, `<suffix>` for the diffusion stage."
-    if stage not in ('vae', 'diffusion'): raise ValueError(f"stage must be 'vae' or 'diffusion', got {stage!r}")
-    return f'vae_{suffix}' if stage == 'vae' else suffix
+    "File suffix of a stage: `vae_<suffix>` (VAE), `<suffix>` (diffusion), `reg_<suffix>` (regression baseline)."
+    prefix = {'vae': 'vae_', 'diffusion': '', 'regression': 'reg_'}
+    if stage not in prefix: raise ValueError(f"stage must be one of {list(prefix)}, got {stage!r}")
+    return prefix[stage] + suffix
 
 def checkpoint_name(kind: str, suffix: str, *, step: int = 0, epoch: int = 0) -> str:
     "File name of a `'last'`, `'best'` or `'step'` checkpoint."
@@ -109,31 +162,83 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError): sha = ''
     return f'{v2v_diffusion.__version__}+g{sha}' if sha else v2v_diffusion.__version__
 
+class NonFiniteError(RuntimeError):
+    "Training produced NaN or inf (loss, gradients or weights); nothing non-finite is ever saved."
+
+def nonfinite_tensors(tree, prefix: str = '') -> list[str]:
+    "Dotted names of the floating-point tensors in nested dicts/lists/tuples that hold a NaN or an inf."
+    if isinstance(tree, torch.Tensor):
+        return [prefix] if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else []
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    return [n for k, v in items for n in nonfinite_tensors(v, f'{prefix}.{k}' if prefix else str(k))]
+
 # %% ../nbs/09_checkpoint.ipynb #24b12ad6
+def _remove_checkpoint(p: Path):
+    "Delete a checkpoint file, then its sidecar."
+    p.unlink(missing_ok=True)
+    checksum_path(p).unlink(missing_ok=True)
+
+def _record(p: Path) -> dict:
+    "The sidecar record of `p`, {} when there is none or it is unreadable."
+    try: return read_checksum(p) or {}
+    except CheckpointError: return {}
+
+def _remove_strays(d: Path, suffix: str):
+    "Remove temp files a killed writer left for `suffix` (checkpoint and sidecar temps)."
+    for tmp in d.glob('checkpoint_*.tmp'):
+        if (i := parse_checkpoint_name(tmp.name.split('.pt', 1)[0] + '.pt')) and i['suffix'] == suffix:
+            tmp.unlink(missing_ok=True)
+
+def _publish_copy(src: Path, dst: Path, digest: str, info: dict) -> Path:
+    "`dst` as an independent copy of `src` (whose sha256 is `digest`) with its own sidecar."
+    checksum_path(dst).unlink(missing_ok=True)
+    if _atomic_copy(src, dst) != digest: raise CheckpointError(f"{src}: changed while it was copied to {dst.name}")
+    write_checksum(dst, digest, **info)
+    return dst
+
 def save_checkpoint(ckpt: dict, ckpt_dir, *, suffix: str, keep_last: int = 1, is_best: bool = False) -> dict:
-    "Write `ckpt` atomically as step, last (and best) checkpoints; keep the newest `keep_last` step files."
+    "Write `ckpt` as step, last (and best) files with sha256 sidecars; keep this run's newest `keep_last` step files."
     missing = [k for k in CHECKPOINT_KEYS if k not in ckpt]
     if missing: raise ValueError(f"checkpoint lacks keys {missing}")
+    if bad := nonfinite_tensors({'models': ckpt['models'], 'optimizer': ckpt['optimizer']}):
+        raise NonFiniteError(f"refusing to save step {ckpt['step']}: NaN/inf in {', '.join(bad[:3])}"
+                             + (f" and {len(bad) - 3} more tensors" if len(bad) > 3 else ''))
     d = Path(ckpt_dir); d.mkdir(parents=True, exist_ok=True)
-    for tmp in d.glob('checkpoint_*.pt.tmp'):
-        if (i := parse_checkpoint_name(tmp.name[:-4])) and i['suffix'] == suffix: tmp.unlink()
-    paths = {'step': atomic_save(ckpt, d / checkpoint_name('step', suffix, step=ckpt['step']))}
-    paths['last'] = _atomic_link(paths['step'], d / checkpoint_name('last', suffix))
+    _remove_strays(d, suffix)
+    info = {'run_id': ckpt.get('run_id'), 'step': int(ckpt['step'])}
+    step = d / checkpoint_name('step', suffix, step=ckpt['step'])
+    checksum_path(step).unlink(missing_ok=True)
+    atomic_save(ckpt, step)
+    digest = file_sha256(step)
+    write_checksum(step, digest, **info)
+    paths = {'step': step, 'last': _publish_copy(step, d / checkpoint_name('last', suffix), digest, info)}
     if is_best:
-        paths['best'] = _atomic_link(paths['step'], d / checkpoint_name('best', suffix, epoch=ckpt['epoch']))
+        paths['best'] = _publish_copy(step, d / checkpoint_name('best', suffix, epoch=ckpt['epoch']), digest, info)
         for old in list_checkpoints(d, suffix, 'best'):
-            if old != paths['best']: old.unlink()
-    for old in list_checkpoints(d, suffix, 'step')[:-keep_last]: old.unlink()
+            if old != paths['best']: _remove_checkpoint(old)
+    own = [p for p in list_checkpoints(d, suffix, 'step') if _record(p).get('run_id') == info['run_id']]
+    for old in own[:-keep_last]: _remove_checkpoint(old)
     return paths
 
 # %% ../nbs/09_checkpoint.ipynb #54cfe02d
 class CheckpointError(RuntimeError):
     "A checkpoint file is missing, unreadable or incomplete; the message names the file."
 
-def load_checkpoint(path, map_location='cpu', *, mmap: bool = False) -> dict:
-    "Read a checkpoint with `torch.load(weights_only=True)`; `CheckpointError` naming the file if it is bad."
+def verify_checksum(path) -> dict | None:
+    "Check `path` against its sidecar: the record (None when it has none); `CheckpointError` naming it on a mismatch."
+    path = Path(path)
+    if (rec := read_checksum(path)) is None: return None
+    if (size := path.stat().st_size) != rec['bytes']:
+        raise CheckpointError(f"{path}: {size} bytes, but {checksum_path(path).name} says {rec['bytes']} (truncated?)")
+    if file_sha256(path) != rec['sha256']:
+        raise CheckpointError(f"{path}: sha256 differs from {checksum_path(path).name} (the file is corrupted)")
+    return rec
+
+def load_checkpoint(path, map_location='cpu', *, mmap: bool = False, verify: bool = True) -> dict:
+    "Read a checkpoint with `torch.load(weights_only=True)` after its checksum; `CheckpointError` naming a bad file."
     path = Path(path)
     if not path.is_file(): raise CheckpointError(f"{path}: no such checkpoint file")
+    if verify: verify_checksum(path)
     try: ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:
         raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupted?): {type(e).__name__}: {e}") from e
@@ -142,22 +247,127 @@ def load_checkpoint(path, map_location='cpu', *, mmap: bool = False) -> dict:
     return ckpt
 
 # %% ../nbs/09_checkpoint.ipynb #672e055a
-def latest_checkpoint(ckpt_dir, suffix: str) -> Path | None:
-    "The valid checkpoint with the highest step in `ckpt_dir` for `suffix` (broken ones skipped with a warning)."
-    best, best_key = None, None
-    for p in list_checkpoints(ckpt_dir, suffix):
-        try: step = load_checkpoint(p, mmap=True)['step']
-        except CheckpointError as e: warnings.warn(f"skipping {e}"); continue
-        key = (step, parse_checkpoint_name(p.name)['kind'] == 'last')
-        if best_key is None or key > best_key: best, best_key = p, key
-    return best
+def _step_of(p: Path) -> int:
+    "A checkpoint's step from its sidecar, its name, or (a last/best file without sidecar) its content; -1 if unknown."
+    if isinstance(step := _record(p).get('step'), int): return step
+    if (i := parse_checkpoint_name(p.name))['kind'] == 'step': return i['step']
+    try: return int(torch.load(p, map_location='cpu', weights_only=True, mmap=True)['step'])
+    except Exception: return -1
 
-def resolve_resume(resume: str, ckpt_dir, suffix: str) -> Path | None:
-    "What `train.resume` means: `'none'` → None, `'auto'` → newest valid checkpoint (or None), else that path."
+def _newest_valid(ckpt_dir, suffix: str, run_id: str | None) -> tuple[Path | None, list[str]]:
+    "(newest checkpoint that verifies, loads and is of run `run_id` (or of none), the errors of broken newer ones)."
+    files = list_checkpoints(ckpt_dir, suffix)
+    order = sorted(files, key=lambda p: (_step_of(p), parse_checkpoint_name(p.name)['kind'] == 'last'), reverse=True)
+    errors = []
+    for p in order:
+        try: ck = load_checkpoint(p, mmap=True)
+        except CheckpointError as e:
+            errors.append(str(e))
+            warnings.warn(f"skipping {e}; falling back to an older checkpoint")
+            continue
+        if run_id is None or ck.get('run_id') in (None, run_id): return p, errors
+    return None, errors
+
+def latest_checkpoint(ckpt_dir, suffix: str, run_id: str | None = None) -> Path | None:
+    "The newest valid checkpoint in `ckpt_dir` for `suffix` (of run `run_id` if given); broken ones skipped, warned."
+    return _newest_valid(ckpt_dir, suffix, run_id)[0]
+
+def resolve_resume(resume: str, ckpt_dir, suffix: str, run_id: str | None = None) -> Path | None:
+    "`train.resume`: `'none'` → None, `'auto'` → the run's newest valid checkpoint (or None), else that path."
     if resume in ('none', ''): return None
-    if resume == 'auto': return latest_checkpoint(ckpt_dir, suffix)
+    if resume == 'auto':
+        path, errors = _newest_valid(ckpt_dir, suffix, run_id)
+        if path is None and errors:
+            raise CheckpointError(f"{ckpt_dir}: none of the {len(errors)} checkpoint(s) for {suffix} is valid "
+                                  f"({errors[0]}); move them away to start over, or set train.resume to a good file")
+        return path
     if not Path(resume).is_file(): raise CheckpointError(f"{resume}: no such checkpoint file (train.resume)")
     return Path(resume)
+
+# %% ../nbs/09_checkpoint.ipynb #452234e5
+RUN_FILE, LOCK_NAME = 'run.json', '.lock'
+RESUMABLE = ('data.root', 'data.cache_dir', 'data.num_workers', 'train.stage', 'train.output_dir', 'train.resume',
+             'train.max_steps', 'train.vae_max_steps', 'train.regression_max_steps', 'train.checkpoint_every', 'train.validate_every',
+             'train.log_every', 'train.keep_last', 'train.val_clips', 'train.early_stop_patience', 'train.compile',
+             'train.cache_latents')   # may change between a run and its resume (as may the whole infer section)
+
+class RunError(RuntimeError):
+    "An output folder holds another run, or another process is using it; the message says what to do."
+
+def run_identity(cfg: dict) -> dict:
+    "`{section.key: value}` of the fields of a config dict that make a run what it is (JSON-normalised)."
+    flat = {f'{s}.{k}': v for s, sec in cfg.items() if s != 'infer' and isinstance(sec, dict) for k, v in sec.items()}
+    return json.loads(json.dumps({k: v for k, v in flat.items() if k not in RESUMABLE}))
+
+def identity_diff(old: dict, new: dict) -> list[str]:
+    "`key: old -> new` for each field both identities hold with different values (fields only one knows are ignored)."
+    return [f"{k}: {str(old[k])[:40]} -> {str(new[k])[:40]}" for k in sorted(set(old) & set(new)) if old[k] != new[k]]
+
+# %% ../nbs/09_checkpoint.ipynb #2d0c3884
+def read_run(out) -> dict | None:
+    "The run record of output folder `out` (`run.json`, or from `config.yaml` for a folder trained before run ids)."
+    out = Path(out)
+    if (out / RUN_FILE).is_file():
+        try: rec = json.loads((out / RUN_FILE).read_text())
+        except (OSError, ValueError) as e: raise RunError(f"{out / RUN_FILE}: unreadable run record ({e})") from None
+        if isinstance(rec, dict) and isinstance(rec.get('identity'), dict): return rec
+        raise RunError(f"{out / RUN_FILE}: not a run record")
+    if not ((out / 'config.yaml').is_file() and (out / 'checkpoints').is_dir()): return None
+    try: cfg = yaml.safe_load((out / 'config.yaml').read_text())
+    except (OSError, yaml.YAMLError): return None
+    return {'run_id': None, 'identity': run_identity(cfg)} if isinstance(cfg, dict) else None
+
+def current_run_id(out) -> str | None:
+    "The id of the run in output folder `out`, None when it has none."
+    try: rec = read_run(out)
+    except RunError: return None
+    return rec.get('run_id') if rec else None
+
+def archive_run(out, run_id: str | None) -> Path | None:
+    "Move everything in `out` but `previous/` and the lock to `out/previous/<run_id>/` (nothing is deleted)."
+    out = Path(out)
+    items = [p for p in out.iterdir() if p.name not in ('previous', LOCK_NAME)] if out.is_dir() else []
+    if not items: return None
+    dest = out / 'previous' / (run_id or time.strftime('run-%Y%m%d-%H%M%S'))
+    if dest.exists(): dest = dest.with_name(f'{dest.name}-{uuid.uuid4().hex[:6]}')
+    dest.mkdir(parents=True)
+    for p in items: os.replace(p, dest / p.name)
+    return dest
+
+def open_run(out, cfg: Config, *, force_new: bool = False) -> str:
+    "The run id of a training into `out`: the folder's own if the config matches, else new; `RunError` on a mismatch."
+    out, ident = Path(out), run_identity(config_to_dict(cfg))
+    rec = read_run(out)
+    if rec is not None and not force_new:
+        if diff := identity_diff(rec['identity'], ident):
+            more = f' and {len(diff) - 3} more' if len(diff) > 3 else ''
+            raise RunError(f"{out} holds run {rec.get('run_id') or '(unnamed)'} with a different config "
+                           f"({'; '.join(diff[:3])}{more}): use another output folder, or --force-new to start a "
+                           f"new run there (the old one moves to {out / 'previous'})")
+        if rec.get('run_id'): return rec['run_id']
+    if force_new and (moved := archive_run(out, (rec or {}).get('run_id'))):
+        warnings.warn(f"{out}: the previous run was moved to {moved}")
+    run_id = uuid.uuid4().hex[:12]
+    atomic_write_text(out / RUN_FILE, json.dumps({'run_id': run_id, 'created': time.strftime('%Y-%m-%dT%H:%M:%S'),
+                                                  'code_version': code_version(), 'identity': ident}, indent=1))
+    return run_id
+
+# %% ../nbs/09_checkpoint.ipynb #e071c726
+@contextlib.contextmanager
+def folder_lock(folder, what: str, *, wait: float = 0, active: bool = True, name: str = LOCK_NAME, label=None):
+    "Hold a `filelock` on `folder/name` inside the block; when another process holds it, `RunError` after `wait` s."
+    if not active:
+        yield None
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder / name, is_singleton=True)
+    try: lock.acquire(timeout=wait)
+    except Timeout:
+        raise RunError(f"{label or folder} is in use by another {what} (lock file {folder / name}): "
+                       "wait for it to finish, or use another folder") from None
+    try: yield lock
+    finally: lock.release()
 
 # %% ../nbs/09_checkpoint.ipynb #3f630104
 def unwrap(model: nn.Module | None) -> nn.Module | None:
@@ -182,29 +392,47 @@ class Pipeline:
     path: Path | None = None
     stage: str = 'diffusion'
 
-def find_pipeline_checkpoint(run_dir) -> Path:
-    "Best checkpoint file in a run folder: stage 2 before stage 1, then best > last > newest step."
+def _stage_of_suffix(suffix: str) -> str:
+    return 'vae' if suffix.startswith('vae_') else 'regression' if suffix.startswith('reg_') else 'diffusion'
+
+def pipeline_checkpoints(run_dir, stage: str | None = None) -> list[Path]:
+    "Checkpoint files of a run folder (of `stage`), preferred first: diffusion > regression > VAE, best > last > step."
     d = Path(run_dir); d = d / 'checkpoints' if (d / 'checkpoints').is_dir() else d
-    rank = {'best': 0, 'last': 1, 'step': 2}
+    rank, order = {'best': 0, 'last': 1, 'step': 2}, {'diffusion': 0, 'regression': 1, 'vae': 2}
     def key(p):
         i = parse_checkpoint_name(p.name)
-        return (i['suffix'].startswith('vae_'), rank[i['kind']], -i['step'], -i['epoch'])
-    files = sorted(list_checkpoints(d), key=key)
-    if not files: raise CheckpointError(f"{d}: no checkpoint_*.pt files")
-    return files[0]
+        return (order[_stage_of_suffix(i['suffix'])], rank[i['kind']], -i['step'], -i['epoch'])
+    files = sorted((p for p in list_checkpoints(d)
+                    if stage is None or _stage_of_suffix(parse_checkpoint_name(p.name)['suffix']) == stage), key=key)
+    if not files: raise CheckpointError(f"{d}: no checkpoint_*.pt files" + (f" of stage {stage!r}" if stage else ''))
+    return files
+
+def find_pipeline_checkpoint(run_dir, stage: str | None = None) -> Path:
+    "Best checkpoint file in a run folder (of `stage` when given)."
+    return pipeline_checkpoints(run_dir, stage)[0]
+
+def _first_loadable(files: list[Path], map_location) -> tuple[Path, dict]:
+    "(path, checkpoint) of the first of `files` that verifies and loads; the others are skipped with a warning."
+    errors = []
+    for p in files:
+        try: return p, load_checkpoint(p, map_location)
+        except CheckpointError as e:
+            errors.append(e)
+            if p != files[-1]: warnings.warn(f"skipping {e}; trying the next checkpoint of the run")
+    raise errors[0]
 
 # %% ../nbs/09_checkpoint.ipynb #f71292d8
-def load_pipeline(path_or_run_dir, map_location='cpu', use_ema: bool = True) -> Pipeline:
-    "Models of a checkpoint (file or run folder) in eval mode on `map_location`."
+def load_pipeline(path_or_run_dir, map_location='cpu', use_ema: bool = True, stage: str | None = None) -> Pipeline:
+    "Models of a checkpoint (file, or run folder and optionally the `stage`) in eval mode on `map_location`."
     path = Path(path_or_run_dir)
-    path = find_pipeline_checkpoint(path) if path.is_dir() else path
-    ckpt = load_checkpoint(path, map_location)
+    files = pipeline_checkpoints(path, stage) if path.is_dir() else [path]
+    path, ckpt = _first_loadable(files, map_location)
     cfg, models = config_from_dict(ckpt['config']), ckpt['models']
     vae = VAE(cfg.vae); vae.load_state_dict(models['vae'])
     key = 'unet_ema' if use_ema and models.get('unet_ema') is not None else 'unet'
     unet = None
     if models.get(key) is not None:
-        unet = UNet(cfg.unet, latent_channels=cfg.vae.latent_channels); unet.load_state_dict(models[key])
+        unet = build_unet(cfg); unet.load_state_dict(models[key])
     diffusion = GaussianDiffusion(cfg.diffusion)
     for m in (vae, unet, diffusion):
         if isinstance(m, nn.Module): m.to(map_location).eval().requires_grad_(False)

@@ -4,13 +4,27 @@
 
 # %% ../nbs/13_cli.ipynb #bc698e62
 from __future__ import annotations
-import argparse, importlib, json, sys, time
+import argparse, importlib, json, os, re, shutil, sys, time
 from pathlib import Path
+from .runtime import set_torch_threads
 
 # %% auto #0
-__all__ = ['prepare_script', 'train_script', 'infer_script', 'eval_script', 'phantom_script', 'bench_script', 'demo_script',
-           'prepare_main', 'train_main', 'phantom_main', 'bench_main', 'infer_parser', 'infer_main', 'eval_parser',
-           'eval_main', 'demo_main']
+__all__ = ['CPU_PRESET_HINT', 'prepare_script', 'train_script', 'infer_script', 'eval_script', 'phantom_script', 'bench_script',
+           'demo_script', 'quality_script', 'cpu_preset_hint', 'prepare_main', 'train_main', 'phantom_main',
+           'bench_main', 'infer_parser', 'writable_dir', 'InputError', 'infer_main', 'eval_parser', 'eval_main',
+           'demo_main', 'quality_main']
+
+# %% ../nbs/13_cli.ipynb #64726666
+CPU_PRESET_HINT = ("v2v-train: no GPU here and no --preset or --config, so the seed-size default preset trains "
+                   "on the CPU: "
+                   "minutes per step before the first progress line. For a quick CPU run use --preset tiny "
+                   "(v2v-demo trains it end to end in minutes).")
+
+def cpu_preset_hint(argv) -> str | None:
+    "The hint `v2v-train` prints for `argv` when it would train the default preset without a GPU; None otherwise."
+    if any(a.split('=')[0] in ('--preset', '--config', '-h', '--help') for a in argv): return None
+    import torch
+    return None if torch.cuda.is_available() else CPU_PRESET_HINT
 
 # %% ../nbs/13_cli.ipynb #097f8854
 def _delegate(module: str, name: str, argv, prog: str):
@@ -24,7 +38,8 @@ def prepare_main(argv=None):
     return _delegate('data', 'prepare_main', argv, 'v2v-prepare')
 
 def train_main(argv=None):
-    "`v2v-train ...` (train.train_main)."
+    "`v2v-train ...` (train.train_main); without a GPU, `--preset` or `--config`, first a hint to use `--preset tiny`."
+    if (hint := cpu_preset_hint(sys.argv[1:] if argv is None else argv)): print(hint, file=sys.stderr, flush=True)
     return _delegate('train', 'train_main', argv, 'v2v-train')
 
 def phantom_main(argv=None):
@@ -47,6 +62,7 @@ def infer_parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', type=int, help='sampling seed (default: infer.seed)')
     p.add_argument('--overlap', type=int, help='thin frames shared by neighbouring windows (default: infer.overlap)')
     p.add_argument('--batch-size', type=int, help='windows sampled together (default: infer.batch_size)')
+    p.add_argument('--samples', type=int, help='K posterior samples: output their mean, std as uncertainty (default: infer.num_samples)')
     p.add_argument('--thin-spacing', type=float, help='output slice spacing in mm (default: ground truth or 1.0)')
     p.add_argument('--copy-patient-tags', action='store_true', help='copy patient/study tags (default: de-identify)')
     p.add_argument('--no-ema', action='store_true', help='use the raw U-Net weights instead of the EMA')
@@ -54,39 +70,94 @@ def infer_parser() -> argparse.ArgumentParser:
     return p
 
 def _device(name: str) -> str:
+    "`--device`: auto is cuda when there is a GPU, else cpu; a missing CUDA device is a `ValueError` saying so."
     import torch
-    return ('cuda' if torch.cuda.is_available() else 'cpu') if name == 'auto' else name
+    if name == 'auto': return 'cuda' if torch.cuda.is_available() else 'cpu'
+    if not re.fullmatch(r'cpu|cuda(:\d+)?', name): raise ValueError(f"--device {name!r}: use auto, cpu, cuda or cuda:N")
+    if name.startswith('cuda') and not torch.cuda.is_available():
+        why = 'a CPU-only build of torch' if torch.version.cuda is None else 'no GPU is visible'
+        raise ValueError(f"--device {name}: CUDA is not available on this machine ({why}); use --device cpu")
+    if name.startswith('cuda:') and int(name[5:]) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
+    return name
+
+def writable_dir(path, flag: str) -> Path:
+    "Make folder `path` (and its parents) and check that a file can be written there, before any work."
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f'.write-test-{os.getpid()}'
+        probe.write_bytes(b'')
+        probe.unlink()
+    except OSError as e: raise OSError(f"{flag} {path}: not writable ({e.strerror or e})") from None
+    return path
 
 # %% ../nbs/13_cli.ipynb #a6a42b2b
-def infer_main(argv=None) -> dict:
-    "`v2v-infer`: a thick series to a thin DICOM series, NIfTI file and PNG montages."
-    a = infer_parser().parse_args(argv)
-    from v2v_diffusion.checkpoint import load_pipeline
+class InputError(ValueError):
+    "An input `v2v-infer` cannot use: one line on stderr and exit 2 from its console script."
+
+def _check_out(out: Path) -> Path:
+    "`--out` may be new, empty, or an earlier v2v-infer output (replaced); its parent must be writable."
+    if out.exists() and not out.is_dir(): raise ValueError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / 'summary.json').is_file():
+        raise ValueError(f"--out {out}: a non-empty folder that is not a v2v-infer output; give a new or empty folder")
+    writable_dir(out.parent, f'--out {out}:')
+    return out
+
+def _swap_in(tmp: Path, out: Path):
+    "Replace `out` by the finished folder `tmp` with two renames (never a mix of two results), then drop the old one."
+    old = out.with_name(f'.{out.name}.old-{os.getpid()}')
+    if out.exists(): os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+def _infer_into(a, tmp: Path, out: Path, device: str, t0: float) -> dict:
+    "Run inference as `a` says, writing into `tmp`; the summary names the files as they will be under `out`."
+    from v2v_diffusion.checkpoint import load_pipeline, atomic_write_text
     from v2v_diffusion import inference as inf
-    t0, out = time.time(), Path(a.out)
-    pipe = load_pipeline(a.checkpoint, map_location=_device(a.device), use_ema=not a.no_ema)
+    try: thick, truth, name = inf.read_input(a.input, a.case, cache_dir=None)
+    except (ValueError, OSError) as e: raise InputError(str(e)) from None
+    pipe = load_pipeline(a.checkpoint, map_location=device, use_ema=not a.no_ema)
     if pipe.unet is None: raise SystemExit(f"v2v-infer: {pipe.path} is a VAE-stage checkpoint; give a diffusion checkpoint or run folder")
-    thick, truth, name = inf.read_input(a.input, a.case, cache_dir=None)
+    keep_tags = a.copy_patient_tags or pipe.cfg.infer.copy_patient_tags
     spacing = a.thin_spacing or (float(truth.spacing[0]) if truth is not None else 1.0)
     grid = truth.z if truth is not None and not a.thin_spacing else None
-    thin = inf.infer_volume(pipe, thick, steps=a.steps, eta=a.eta, seed=a.seed, overlap=a.overlap, batch_size=a.batch_size,
-                            thin_z=grid, thin_spacing=spacing)
-    res = inf.export_volume(thin, out, reference_meta=thick.meta, copy_patient_tags=a.copy_patient_tags or pipe.cfg.infer.copy_patient_tags)
-    for v in ('axial', 'coronal'): inf.montage(thick, out / f'thick_{v}.png', view=v, title=f'input (thick) {v}')
-    summary = dict(input=str(a.input), case=name, checkpoint=str(pipe.path), thick_shape=list(thick.hu.shape), thin_shape=list(thin.hu.shape),
-                   thin_spacing_mm=float(thin.spacing[0]), dicom=str(res['dicom']), nifti=str(res['nifti']), seconds=round(time.time() - t0, 1))
+    post = inf.infer_posterior(pipe, thick, num_samples=a.samples, steps=a.steps, eta=a.eta, seed=a.seed, overlap=a.overlap,
+                               batch_size=a.batch_size, thin_z=grid, thin_spacing=spacing)
+    thin = post.mean
+    res = inf.export_posterior(post, tmp, reference_meta=thick.meta, copy_patient_tags=keep_tags)
+    for v in ('axial', 'coronal'): inf.montage(thick, tmp / f'thick_{v}.png', view=v, title=f'input (thick) {v}')
+    final = {k: str(out / Path(res[k]).relative_to(tmp)) for k in ('dicom', 'nifti', 'std')}
+    summary = dict(input=str(a.input), case=name) if keep_tags else {}        # input names are patient data
+    summary |= dict(checkpoint=str(pipe.path), thick_shape=list(thick.hu.shape), thin_shape=list(thin.hu.shape),
+                    thin_spacing_mm=float(thin.spacing[0]), **final, samples=post.num_samples, seconds=round(time.time() - t0, 1))
     if truth is not None and grid is not None: summary['metrics'] = _quick_metrics(pipe, thick, truth, thin)
-    (out / 'summary.json').write_text(json.dumps(summary, indent=1))
+    atomic_write_text(tmp / 'summary.json', json.dumps(summary, indent=1))
+    return summary
+
+def infer_main(argv=None) -> dict:
+    "`v2v-infer`: a thick series to a thin DICOM series, NIfTI file and PNG montages (`--out` replaced as a whole)."
+    a = infer_parser().parse_args(argv)
+    from v2v_diffusion.checkpoint import folder_lock
+    t0, out, device = time.time(), _check_out(Path(a.out)), _device(a.device)
+    with folder_lock(out.parent, 'v2v-infer', name=f'.{out.name}.lock', label=f'--out {out}'):
+        for stale in out.parent.glob(f'.{out.name}.partial-*'): shutil.rmtree(stale, ignore_errors=True)
+        tmp = out.with_name(f'.{out.name}.partial-{os.getpid()}')
+        tmp.mkdir()
+        try: summary = _infer_into(a, tmp, out, device, t0)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _swap_in(tmp, out)
     print(json.dumps(summary, indent=1))
     return summary
 
 def _quick_metrics(pipe, thick, truth, thin) -> dict:
     "PSNR/SSIM/HU MAE of the model and the interpolation baselines against the ground truth."
-    from v2v_diffusion.inference import volume_metrics, resize_slices
-    from v2v_diffusion.metrics import interpolate_z
+    from v2v_diffusion.evaluate import volume_metrics, baseline_predictions
     from v2v_diffusion.windowing import Window
     w = Window(pipe.cfg.data.window_center, pipe.cfg.data.window_width)
-    preds = {m: interpolate_z(thick.hu, thick.z, truth.z, m) for m in ('nearest', 'linear', 'cubic')} | {'model': thin.hu}
+    preds = baseline_predictions(thick, truth.z, pipe.cfg.formulation.slice_profile) | {'model': thin.hu}
     return {m: {k: round(v, 4) for k, v in volume_metrics(p, truth.hu, w).items() if k in ('psnr', 'ssim', 'hu_mae')}
             for m, p in preds.items() if p.shape == truth.hu.shape}
 
@@ -102,43 +173,98 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument('--batch-size', type=int)
     p.add_argument('--cache-dir', help='decoded-volume cache and splits.json (default: data.cache_dir of the checkpoint)')
     p.add_argument('--max-cases', type=int, help='evaluate at most N cases')
+    p.add_argument('--samples', type=int, help='K posterior samples (default: infer.num_samples)')
+    p.add_argument('--slice-drop', type=int, default=0, metavar='N',
+                   help='thick-only evaluation: keep every N-th thick slice, score the rebuilt dropped ones')
+    p.add_argument('--no-regression', action='store_true', help="skip the run folder's regression baseline")
     p.add_argument('--no-ema', action='store_true'); p.add_argument('--device', default='auto')
     return p
 
 def eval_main(argv=None) -> dict:
     "`v2v-eval`: evaluate a checkpoint on a dataset split; writes report.md, report.html, metrics.json."
     a = eval_parser().parse_args(argv)
-    from v2v_diffusion.checkpoint import load_pipeline
-    from v2v_diffusion.inference import evaluate, md_table, metric_table
-    pipe = load_pipeline(a.checkpoint, map_location=_device(a.device), use_ema=not a.no_ema)
-    res = evaluate(pipe, a.root, a.out, split=a.split, cache_dir=a.cache_dir, steps=a.steps, eta=a.eta, seed=a.seed,
-                   overlap=a.overlap, batch_size=a.batch_size, max_cases=a.max_cases)
+    from v2v_diffusion.checkpoint import load_pipeline, folder_lock
+    from v2v_diffusion.evaluate import evaluate
+    from v2v_diffusion.report import md_table, metric_table
+    device, out = _device(a.device), writable_dir(a.out, '--out')
+    with folder_lock(out, 'v2v-eval', label=f'--out {out}'):
+        pipe = load_pipeline(a.checkpoint, map_location=device, use_ema=not a.no_ema)
+        reg = _regression_of(a.checkpoint, device, not a.no_ema) if not a.no_regression else None
+        res = evaluate(pipe, a.root, out, split=a.split, cache_dir=a.cache_dir, regression=reg, slice_drop=a.slice_drop,
+                       max_cases=a.max_cases, num_samples=a.samples, steps=a.steps, eta=a.eta, seed=a.seed, overlap=a.overlap,
+                       batch_size=a.batch_size)
     print(md_table(metric_table(res['summary']))); print(res['verdict']); print(f"report: {res['report']}")
     return res
 
+def _regression_of(checkpoint, device: str, use_ema: bool):
+    "The regression baseline of a run folder, or None (a file, or a run without one)."
+    from v2v_diffusion.checkpoint import load_pipeline, CheckpointError
+    if not Path(checkpoint).is_dir(): return None
+    try: return load_pipeline(checkpoint, map_location=device, use_ema=use_ema, stage='regression')
+    except CheckpointError: return None
+
 # %% ../nbs/13_cli.ipynb #15a69181
 def demo_main(argv=None) -> dict:
-    "`v2v-demo [--out runs/demo]`: phantoms → tiny VAE → tiny diffusion → inference → report, on a CPU."
+    "`v2v-demo [--out runs/demo]`: phantoms → residual VAE → diffusion + regression → inference → report, on a CPU."
     p = argparse.ArgumentParser(prog='v2v-demo', description='End-to-end demo on phantom data (CPU, minutes).')
     p.add_argument('--out', default='runs/demo')
     p.add_argument('--vae-steps', type=int, help='VAE optimizer steps (default: the demo preset)')
     p.add_argument('--diffusion-steps', type=int, help='diffusion optimizer steps (default: the demo preset)')
+    p.add_argument('--regression-steps', type=int, help='regression baseline optimizer steps (default: the demo preset)')
+    p.add_argument('--samples', type=int, help='K posterior samples (default: the demo preset)')
     p.add_argument('--extra-cases', type=int, help='phantom cases generated besides data_samples')
     p.add_argument('--fresh', action='store_true', help='delete --out first (default: reuse data and resume training)')
     a = p.parse_args(argv)
-    from v2v_diffusion.inference import run_demo
-    kw = {k: v for k, v in dict(vae_steps=a.vae_steps, diffusion_steps=a.diffusion_steps, extra_cases=a.extra_cases).items() if v is not None}
+    from v2v_diffusion.demo import run_demo
+    kw = dict(vae_steps=a.vae_steps, diffusion_steps=a.diffusion_steps, regression_steps=a.regression_steps,
+              num_samples=a.samples, extra_cases=a.extra_cases)
+    kw = {k: v for k, v in kw.items() if v is not None}
     return run_demo(a.out, fresh=a.fresh, **kw)
 
+def quality_main(argv=None) -> dict:
+    "`v2v-quality`: the ablation of the formulation on the demo's data → docs/QUALITY.md."
+    p = argparse.ArgumentParser(prog='v2v-quality', description='Ablation: what each part of the formulation buys (CPU, ~half an hour).')
+    p.add_argument('--out', default='runs/quality'); p.add_argument('--demo-dir', default='runs/demo')
+    p.add_argument('--doc', default='docs/QUALITY.md')
+    for k in ('vae', 'diffusion', 'regression'):
+        p.add_argument(f'--{k}-steps', type=int, help=f'{k} optimizer steps of every variant (default: the demo preset)')
+    a = p.parse_args(argv)
+    from v2v_diffusion.demo import run_quality
+    kw = {f'{k}_steps': getattr(a, f'{k}_steps') for k in ('vae', 'diffusion', 'regression') if getattr(a, f'{k}_steps')}
+    return run_quality(a.out, a.doc, a.demo_dir, **kw)
+
 # %% ../nbs/13_cli.ipynb #3aec4e78
+_USER_ERRORS = {'CheckpointError', 'RunError', 'NonFiniteError'}   # and ValueError (ConfigError, DicomError), OSError
+
+def _user_error(e: BaseException) -> bool:
+    "Whether `e` is one a user causes and can fix: a bad config, path, input or device, a busy or foreign folder."
+    return isinstance(e, (ValueError, OSError)) or bool({c.__name__ for c in type(e).__mro__} & _USER_ERRORS)
+
+def _one_line(e: BaseException, limit: int = 400) -> str:
+    "The message of `e` on one line, at most `limit` characters."
+    msg = ' '.join(str(e).split()) or type(e).__name__
+    return msg if len(msg) <= limit else msg[:limit] + ' ...'
+
 def _console(main):
-    "A console-script entry for `main`: runs it (on `sys.argv` by default) and returns 0, unless `main` exits itself."
+    "A console-script entry for `main` (on `sys.argv` by default): threads set, 0 when it returns, 2 + one line for a user error."
+    prog = 'v2v-' + main.__name__.removesuffix('_main')
     def entry(argv=None) -> int:
-        main(argv)
+        set_torch_threads()
+        argv = list(sys.argv[1:] if argv is None else argv)
+        debug = '--debug' in argv
+        try: main([x for x in argv if x != '--debug'])
+        except SystemExit as e:
+            if not isinstance(e.code, str): raise
+            print(_one_line(e), file=sys.stderr)
+            return 2
+        except Exception as e:
+            if debug or not _user_error(e): raise
+            print(f"{prog}: error: {_one_line(e)} (--debug for the traceback)", file=sys.stderr)
+            return 2
         return 0
     entry.__name__ = entry.__qualname__ = main.__name__.replace('_main', '_script')
     entry.__doc__ = f"Console script of `{main.__name__}`: {main.__doc__}"
     return entry
 
-prepare_script, train_script, infer_script, eval_script, phantom_script, bench_script, demo_script = map(
-    _console, (prepare_main, train_main, infer_main, eval_main, phantom_main, bench_main, demo_main))
+prepare_script, train_script, infer_script, eval_script, phantom_script, bench_script, demo_script, quality_script = map(
+    _console, (prepare_main, train_main, infer_main, eval_main, phantom_main, bench_main, demo_main, quality_main))

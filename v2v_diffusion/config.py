@@ -4,15 +4,16 @@
 
 # %% ../nbs/00_config.ipynb #5698b6f4
 from __future__ import annotations
-import copy, dataclasses, types, typing
+import copy, dataclasses, math, os, re, types, typing
 from dataclasses import dataclass, field, asdict, fields, is_dataclass
 from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['PRESETS', 'DataConfig', 'VAEConfig', 'UNetConfig', 'DiffusionConfig', 'TrainConfig', 'InferConfig', 'Config',
-           'ConfigError', 'validate_config', 'config_from_dict', 'config_to_dict', 'get_config', 'parse_overrides',
-           'save_config', 'load_config']
+__all__ = ['RANGES', 'PRESETS', 'MAX_CONFIG_BYTES', 'DataConfig', 'VAEConfig', 'UNetConfig', 'DiffusionConfig',
+           'FormulationConfig', 'TrainConfig', 'InferConfig', 'Config', 'ConfigError', 'validate_config', 'in_range',
+           'validate_ranges', 'config_from_dict', 'config_to_dict', 'get_config', 'parse_yaml', 'read_yaml',
+           'parse_overrides', 'save_config', 'load_config']
 
 # %% ../nbs/00_config.ipynb #65b339b4
 @dataclass
@@ -26,6 +27,7 @@ class DataConfig:
     window_center: float = 200.0        # HU
     window_width: float = 1800.0        # HU; maps center ± width/2 to [-1, 1]
     thick_mode: str = 'native'          # 'native': thick slices of the same z-span; 'resampled': thick on the thin grid
+    tilt: str = 'resample'              # gantry-tilted series: 'resample' de-shears them, 'refuse' rejects them
     val_frac: float = 0.15
     test_frac: float = 0.10
     split_seed: int = 42
@@ -67,20 +69,32 @@ class DiffusionConfig:
     "Gaussian diffusion: schedule, parameterisation, sampler."
     num_train_steps: int = 1000
     schedule: str = 'cosine'            # 'cosine' | 'linear'
-    prediction: str = 'eps'             # 'eps' | 'v'
+    prediction: str = 'v'               # 'eps' | 'v' (ε errors grow ~631× in the first DDIM step from t=999)
     ddim_steps: int = 50
     ddim_eta: float = 0.0
     msssim_weight: float = 0.0          # optional MS-SSIM term on the predicted x0
     min_snr_gamma: float = 0.0          # 0 = off; e.g. 5.0 for min-SNR weighting
 
+# %% ../nbs/00_config.ipynb #e55e133a
+@dataclass
+class FormulationConfig:
+    "What the model sees and predicts: the interpolation base, the residual, data consistency."
+    condition: str = 'base'             # 'base': the whole-series interpolation on the window | 'thick': its own thick frames
+    target: str = 'residual'            # 'residual': thin − base, output = base + residual | 'thin': the thin clip itself
+    interp: str = 'cubic'               # interpolation of the base: 'nearest' | 'linear' | 'cubic'
+    data_consistency: bool = True       # base and outputs keep each thick slab's mean equal to its thick slice
+    slice_profile: str = 'boxcar'       # forward model of a thick slice: 'boxcar' | 'gaussian' (FWHM = SliceThickness)
+    residual_hu: float = 100.0          # HU of one model unit of the residual
+
 # %% ../nbs/00_config.ipynb #df2291e7
 @dataclass
 class TrainConfig:
     "Optimisation, precision, checkpoints and validation."
-    stage: str = 'both'                 # 'vae' | 'diffusion' | 'both'
+    stage: str = 'both'                 # 'vae' | 'diffusion' | 'regression' | 'both' (vae, diffusion) | 'all' (all three)
     output_dir: str = 'runs/default'
     vae_max_steps: int = 20000          # optimizer steps of stage 1
     max_steps: int = 100000             # optimizer steps of stage 2
+    regression_max_steps: int = 20000   # optimizer steps of the regression baseline (same U-Net, fixed t, MSE)
     grad_accum: int = 16
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -109,6 +123,7 @@ class InferConfig:
     overlap: int = 8                    # thin frames shared by neighbouring windows (blended)
     batch_size: int = 2                 # windows denoised together
     seed: int = 0
+    num_samples: int = 4                # K DDIM samples: the output is their mean, their std the uncertainty
     use_ema: bool = True
     copy_patient_tags: bool = False     # False: de-identify the exported DICOM
     output_dir: str = 'runs/infer'
@@ -121,12 +136,15 @@ class Config:
     vae: VAEConfig = field(default_factory=VAEConfig)
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    formulation: FormulationConfig = field(default_factory=FormulationConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     infer: InferConfig = field(default_factory=InferConfig)
 
 # %% ../nbs/00_config.ipynb #95ce26d5
 class ConfigError(ValueError):
-    "A config key or value is invalid; the message names it."
+    "A config key or value is invalid; the message names it (cut to 500 characters: a value may be huge)."
+    def __init__(self, msg: str):
+        super().__init__(msg if len(msg) <= 500 else msg[:500] + ' ...')
 
 # %% ../nbs/00_config.ipynb #60176b32
 def _coerce(value, tp, key):
@@ -164,18 +182,24 @@ def _section_from_dict(cls, d: dict, prefix: str):
 
 # %% ../nbs/00_config.ipynb #edac1c62
 _CHOICES = {'data.thick_mode': ('native', 'resampled'), 'diffusion.schedule': ('cosine', 'linear'),
-            'diffusion.prediction': ('eps', 'v'), 'train.stage': ('vae', 'diffusion', 'both'),
-            'train.precision': ('fp32', 'fp16', 'bf16'), 'train.recon_loss': ('l1', 'mse')}
+            'data.tilt': ('resample', 'refuse'),
+            'diffusion.prediction': ('eps', 'v'), 'train.stage': ('vae', 'diffusion', 'regression', 'both', 'all'),
+            'train.precision': ('fp32', 'fp16', 'bf16'), 'train.recon_loss': ('l1', 'mse'),
+            'formulation.condition': ('base', 'thick'), 'formulation.target': ('residual', 'thin'),
+            'formulation.interp': ('nearest', 'linear', 'cubic'), 'formulation.slice_profile': ('boxcar', 'gaussian')}
 
 def validate_config(cfg: Config) -> Config:
     "Check rules across fields; raise `ConfigError` naming the key and value."
     d = cfg.data
     def bad(key, val, why): raise ConfigError(f"{key}={val!r}: {why}")
+    validate_ranges(cfg)
     for key, choices in _CHOICES.items():
         sec, name = key.split('.'); val = getattr(getattr(cfg, sec), name)
         if val not in choices: bad(key, val, f"must be one of {choices}")
+    f = 2 ** (len(cfg.vae.channels) - 1) * 2 ** (len(cfg.unet.channel_mult) - 1)
     for name in ('height', 'width'):
-        if getattr(d, name) <= 0 or getattr(d, name) % 8: bad(f'data.{name}', getattr(d, name), 'must be positive and divisible by 8')
+        if getattr(d, name) <= 0 or getattr(d, name) % f:
+            bad(f'data.{name}', getattr(d, name), f'must be positive and divisible by {f} (VAE × U-Net downsampling)')
     if d.window_width <= 0: bad('data.window_width', d.window_width, 'must be > 0')
     if d.n_frames < 1: bad('data.n_frames', d.n_frames, 'must be >= 1')
     if not 0 <= d.val_frac + d.test_frac < 1: bad('data.val_frac+test_frac', d.val_frac + d.test_frac, 'must be in [0, 1)')
@@ -190,7 +214,7 @@ def _validate_models(cfg: Config):
     if len(v.channels) < 1 or min(v.channels) <= 0: bad('vae.channels', v.channels, 'need >= 1 positive width')
     if any(c % v.norm_groups for c in v.channels): bad('vae.channels', v.channels, f'each must divide by vae.norm_groups={v.norm_groups}')
     if v.temporal_kernel < 1 or v.temporal_kernel % 2 == 0: bad('vae.temporal_kernel', v.temporal_kernel, 'must be odd and >= 1')
-    if 2 ** (len(v.channels) - 1) != 8: bad('vae.channels', v.channels, 'need 4 levels for 8x spatial downsampling')
+    if not 2 <= len(v.channels) <= 4: bad('vae.channels', v.channels, 'need 2..4 levels (2x, 4x or 8x spatial downsampling)')
     if u.model_channels <= 0: bad('unet.model_channels', u.model_channels, 'must be > 0')
     widths = [u.model_channels * m for m in u.channel_mult]
     if min(u.channel_mult) <= 0 or any(w % u.norm_groups for w in widths): bad('unet.channel_mult', u.channel_mult, f'widths {widths} must be positive and divide by unet.norm_groups={u.norm_groups}')
@@ -199,7 +223,53 @@ def _validate_models(cfg: Config):
     if not 0 < df.ddim_steps <= df.num_train_steps: bad('diffusion.ddim_steps', df.ddim_steps, f'must be in 1..{df.num_train_steps}')
     for name in ('lr', 'grad_accum', 'max_grad_norm', 'checkpoint_every', 'validate_every', 'keep_last'):
         if getattr(t, name) <= 0: bad(f'train.{name}', getattr(t, name), 'must be > 0')
+    if cfg.infer.num_samples < 1: bad('infer.num_samples', cfg.infer.num_samples, 'must be >= 1')
+    if cfg.formulation.residual_hu <= 0: bad('formulation.residual_hu', cfg.formulation.residual_hu, 'must be > 0')
     if not 0 <= cfg.infer.overlap < cfg.data.n_frames: bad('infer.overlap', cfg.infer.overlap, f'must be in 0..data.n_frames-1={cfg.data.n_frames - 1}')
+
+# %% ../nbs/00_config.ipynb #386d2eb4
+RANGES = {
+    'data.n_frames': '>= 1', 'data.height': '>= 8', 'data.width': '>= 8', 'data.window_width': '> 0',
+    'data.val_frac': '[0, 1)', 'data.test_frac': '[0, 1)', 'data.split_seed': '>= 0', 'data.batch_size': '>= 1',
+    'data.num_workers': '>= 0',
+    'vae.in_channels': '>= 1', 'vae.num_res_blocks': '>= 1', 'vae.latent_channels': '>= 1', 'vae.norm_groups': '>= 1',
+    'vae.temporal_kernel': '>= 1', 'vae.scaling_factor': '> 0', 'vae.kl_weight': '>= 0', 'vae.msssim_weight': '>= 0',
+    'unet.model_channels': '>= 1', 'unet.num_res_blocks': '>= 1', 'unet.num_heads': '>= 1',
+    'unet.time_embed_dim': '>= 1', 'unet.norm_groups': '>= 1', 'unet.dropout': '[0, 1)',
+    'diffusion.num_train_steps': '>= 1', 'diffusion.ddim_steps': '>= 1', 'diffusion.ddim_eta': '>= 0',
+    'diffusion.msssim_weight': '>= 0', 'diffusion.min_snr_gamma': '>= 0',
+    'train.vae_max_steps': '>= 1', 'train.max_steps': '>= 1', 'train.grad_accum': '>= 1', 'train.lr': '> 0',
+    'train.weight_decay': '>= 0', 'train.warmup_steps': '>= 0', 'train.min_lr': '>= 0', 'train.max_grad_norm': '> 0',
+    'train.ema_decay': '[0, 1]', 'train.checkpoint_every': '>= 1', 'train.validate_every': '>= 1',
+    'train.log_every': '>= 1', 'train.keep_last': '>= 1', 'train.val_clips': '>= 1',
+    'train.early_stop_patience': '>= 0', 'train.seed': '>= 0',
+    'train.regression_max_steps': '>= 1', 'formulation.residual_hu': '> 0',
+    'infer.overlap': '>= 0', 'infer.batch_size': '>= 1', 'infer.seed': '>= 0', 'infer.num_samples': '>= 1'}
+
+_INTERVAL = re.compile(r'^([\[(])\s*(\S+),\s*(\S+)\s*([\])])$')
+
+def in_range(x: float, spec: str) -> bool:
+    "Whether `x` lies in `spec`: `'> a'`, `'>= a'`, `'< a'`, `'<= a'` or an interval like `'[a, b)'`."
+    if m := _INTERVAL.match(spec):
+        lo, hi = float(m[2]), float(m[3])
+        return (lo <= x if m[1] == '[' else lo < x) and (x <= hi if m[4] == ']' else x < hi)
+    op, a = spec.split()
+    return {'>': x > float(a), '>=': x >= float(a), '<': x < float(a), '<=': x <= float(a)}[op]
+
+def _numeric_fields(cfg: Config):
+    "(`section.key`, value) of every int/float field of `cfg` (not bools, not tuples)."
+    for sec in fields(cfg):
+        for f in fields(getattr(cfg, sec.name)):
+            v = getattr(getattr(cfg, sec.name), f.name)
+            if isinstance(v, (int, float)) and not isinstance(v, bool): yield f'{sec.name}.{f.name}', v
+
+def validate_ranges(cfg: Config):
+    "Every numeric field finite and inside its `RANGES` entry, and min_lr <= lr; else `ConfigError` naming it."
+    for key, v in _numeric_fields(cfg):
+        if not math.isfinite(v): raise ConfigError(f"{key}={v!r}: must be a finite number")
+        if key in RANGES and not in_range(v, RANGES[key]): raise ConfigError(f"{key}={v!r}: must be {RANGES[key]}")
+    if cfg.train.min_lr > cfg.train.lr:
+        raise ConfigError(f"train.min_lr={cfg.train.min_lr!r}: must be <= train.lr={cfg.train.lr!r}")
 
 # %% ../nbs/00_config.ipynb #79b48f74
 def config_from_dict(d: dict) -> Config:
@@ -216,7 +286,7 @@ def _preset_v100() -> dict:
     "The seed's training setup on a V100 32 GB."
     return {'data': dict(n_frames=24, height=256, width=256, batch_size=2, val_frac=0.15, test_frac=0.10, split_seed=42),
             'unet': dict(grad_checkpointing=True), 'vae': dict(grad_checkpointing=True),
-            'diffusion': dict(ddim_steps=50),
+            'diffusion': dict(ddim_steps=50, prediction='v'),
             'train': dict(grad_accum=16, precision='fp16', lr=1e-4, weight_decay=0.01, warmup_steps=1000, min_lr=1e-6,
                           max_grad_norm=1.0, checkpoint_every=1000, validate_every=1000, keep_last=1,
                           suffix='maisi_arch_scratch')}
@@ -228,18 +298,30 @@ def _preset_a100() -> dict:
 
 # %% ../nbs/00_config.ipynb #4196fbec
 def _preset_tiny() -> dict:
-    "Seconds on a CPU: tests and the demo."
+    "Seconds on a CPU: tests."
     return {'data': dict(n_frames=8, height=32, width=32, batch_size=2, num_workers=0),
             'vae': dict(channels=(8, 16, 16, 16), num_res_blocks=1, norm_groups=4, kl_weight=1e-6),
             'unet': dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
                          num_heads=2, time_embed_dim=64, norm_groups=4),
             'diffusion': dict(ddim_steps=10, prediction='v'),   # v: usable samples after minutes of CPU training (ε gives noise)
-            'train': dict(vae_max_steps=20, max_steps=20, grad_accum=1, precision='fp32', lr=1e-3, warmup_steps=5,
-                          min_lr=1e-5, checkpoint_every=10, validate_every=10, log_every=5, keep_last=2,
+            'train': dict(vae_max_steps=20, max_steps=20, regression_max_steps=20, grad_accum=1, precision='fp32', lr=1e-3,
+                          warmup_steps=5, min_lr=1e-5, checkpoint_every=10, validate_every=10, log_every=5, keep_last=2,
                           val_clips=2, ema_decay=0.9, suffix='tiny'),
-            'infer': dict(overlap=2, batch_size=2)}
+            'infer': dict(overlap=2, batch_size=2, num_samples=2)}
 
-PRESETS = {'tiny': _preset_tiny, 'v100': _preset_v100, 'a100': _preset_a100}
+def _preset_demo() -> dict:
+    "The CPU demo: native 128² clips, a 4× VAE of residuals with 8 latent channels, minutes of training."
+    d = _preset_tiny()
+    d['data'].update(height=128, width=128)
+    d['vae'] = dict(channels=(8, 16, 32), num_res_blocks=1, norm_groups=8, latent_channels=8, temporal_kernel=1, kl_weight=1e-6)
+    d['unet'] = dict(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_levels=(2,), num_heads=2,
+                     time_embed_dim=128, norm_groups=8)
+    d['diffusion'].update(min_snr_gamma=5.0)
+    d['train'].update(lr=1e-3, warmup_steps=50, ema_decay=0.995, suffix='demo', val_clips=4, recon_loss='mse')   # L1 keeps residuals at 0
+    d['infer'].update(num_samples=4, batch_size=4)
+    return d
+
+PRESETS = {'tiny': _preset_tiny, 'demo': _preset_demo, 'v100': _preset_v100, 'a100': _preset_a100}
 
 # %% ../nbs/00_config.ipynb #60ab4a01
 def _merge(base: dict, upd: dict) -> dict:
@@ -253,6 +335,36 @@ def get_config(preset: str = 'v100', overrides: typing.Sequence[str] = ()) -> Co
     if preset not in PRESETS: raise ConfigError(f"unknown preset {preset!r} (valid: {', '.join(PRESETS)})")
     return config_from_dict(_merge(PRESETS[preset](), parse_overrides(overrides)))
 
+# %% ../nbs/00_config.ipynb #acb78454
+MAX_CONFIG_BYTES = 1 << 20
+
+class _ConfigLoader(yaml.SafeLoader):
+    "SafeLoader with YAML 1.2 floats and without aliases."
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            ev = self.peek_event()
+            where = f"line {ev.start_mark.line + 1}"
+            raise ConfigError(f"{where}: YAML aliases (*{ev.anchor[:40]}) are not allowed in a config")
+        return super().compose_node(parent, index)
+
+_ConfigLoader.add_implicit_resolver('tag:yaml.org,2002:float',
+                                    re.compile(r'^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$'),
+                                    list('-+0123456789.'))
+
+def parse_yaml(text: str, where: str = 'YAML'):
+    "Parse config YAML (`read_yaml`'s rules); `ConfigError` with a short message naming `where`."
+    try: return yaml.load(text, Loader=_ConfigLoader)
+    except yaml.YAMLError as e: raise ConfigError(f"{where}: not valid YAML ({str(e)[:300]})") from None
+
+def read_yaml(path):
+    "A YAML config file parsed with YAML 1.2 floats and without aliases; `ConfigError` naming the file."
+    path = Path(path)
+    try: size = path.stat().st_size
+    except OSError as e: raise ConfigError(f"{path}: cannot read the config ({e.strerror or e})") from None
+    if size > MAX_CONFIG_BYTES: raise ConfigError(f"{path}: {size} bytes; a config is at most {MAX_CONFIG_BYTES}")
+    try: return parse_yaml(path.read_text(), str(path)) or {}
+    except ConfigError as e: raise ConfigError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+
 # %% ../nbs/00_config.ipynb #853b7126
 def parse_overrides(overrides: typing.Sequence[str]) -> dict:
     "Nested dict from `['train.lr=3e-4', ...]`; values parsed as YAML."
@@ -262,7 +374,7 @@ def parse_overrides(overrides: typing.Sequence[str]) -> dict:
         key, raw = o.split('=', 1)
         parts = key.strip().split('.')
         if len(parts) != 2: raise ConfigError(f"override key {key!r} must be section.key, e.g. train.lr")
-        val = yaml.safe_load(raw) if raw.strip() else ''
+        val = parse_yaml(raw, f'override {key.strip()}') if raw.strip() else ''
         if isinstance(val, str):
             try: val = float(val)        # PyYAML reads '3e-4' (no dot) as a string
             except ValueError: pass
@@ -271,16 +383,21 @@ def parse_overrides(overrides: typing.Sequence[str]) -> dict:
 
 # %% ../nbs/00_config.ipynb #ea66f9df
 def save_config(cfg: Config, path) -> Path:
-    "Write `cfg` as YAML."
+    "Write `cfg` as YAML, via a temp file and a rename: never half a file, even on a full disk."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
+    try:
+        tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        os.replace(tmp, path)
+    finally: tmp.unlink(missing_ok=True)
     return path
 
 def load_config(path, overrides: typing.Sequence[str] = ()) -> Config:
     "Read a YAML config (full, or `preset:` plus differences) and apply dotted `overrides`."
     path = Path(path)
-    try: d = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e: raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    d = read_yaml(path)
     if not isinstance(d, dict): raise ConfigError(f"{path}: expected a mapping at the top level")
+    if 'preset' in d and d['preset'] not in PRESETS:
+        raise ConfigError(f"{path}: unknown preset {str(d['preset'])[:40]!r} (valid: {', '.join(PRESETS)})")
     base = PRESETS[d.pop('preset')]() if 'preset' in d else {}
     return config_from_dict(_merge(_merge(base, d), parse_overrides(overrides)))

@@ -12,14 +12,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from .config import Config, DataConfig, load_config, get_config
+from .config import Config, DataConfig, FormulationConfig, load_config, get_config
+from .base import interpolation_base
 from .dicom import DicomError, DicomWarning, Volume, pick_thick_thin, read_dicom_tree
 from .windowing import hu_to_unit
+from .checkpoint import atomic_write_text, folder_lock
 
 # %% auto #0
-__all__ = ['THICK_RATIO', 'CaseRef', 'find_cases', 'PairedCase', 'pair_case', 'load_case', 'native_thick_frames', 'sample_z',
-           'window_thick_z', 'ClipDataset', 'split_cases', 'make_splits', 'load_cases', 'summary_table',
-           'prepare_dataset', 'prepare_main', 'usable_cpus', 'loader_workers', 'build_dataloaders']
+__all__ = ['THICK_RATIO', 'CACHE_LOCK_WAIT', 'CaseRef', 'find_cases', 'PairedCase', 'pair_case', 'load_case',
+           'native_thick_frames', 'sample_z', 'window_thick_z', 'resize_hu', 'window_base', 'ClipDataset',
+           'split_cases', 'make_splits', 'load_cases', 'summary_table', 'prepare_dataset', 'prepare_main',
+           'usable_cpus', 'loader_workers', 'build_dataloaders']
 
 # %% ../nbs/04_data.ipynb #034d2928
 @dataclass(frozen=True)
@@ -34,9 +37,22 @@ def _norm(name: str) -> str: return re.sub(r'[\s_\-]', '', name.lower())
 def _case_entry(p: Path) -> bool: return not p.name.startswith('.') and (p.is_dir() or p.suffix.lower() == '.zip')
 def _case_id(p: Path) -> str: return p.stem if p.suffix.lower() == '.zip' else p.name
 
+# %% ../nbs/04_data.ipynb #da70a2ee
+def _drop_duplicate_ids(refs: list[CaseRef], skipped: list | None) -> list[CaseRef]:
+    "`refs` without the case ids found more than once (the same case in two categories, a zip next to its folder)."
+    paths = {}
+    for r in refs: paths.setdefault(r.case_id, []).append(r)
+    for cid, rs in paths.items():
+        if len(rs) < 2: continue
+        why = f"case id {cid!r} found {len(rs)} times ({', '.join(str(r.path) for r in rs)}): keep one of them"
+        warnings.warn(f"case {cid} skipped: {why}", DicomWarning)
+        if skipped is not None:
+            skipped += [dict(case_id=cid, category=r.category, path=str(r.path), error=why) for r in rs]
+    return [r for r in refs if len(paths[r.case_id]) == 1]
+
 # %% ../nbs/04_data.ipynb #95a2521e
-def find_cases(root) -> list[CaseRef]:
-    "Every case under `root`, sorted by category then id; ids must be unique."
+def find_cases(root, *, skipped: list | None = None) -> list[CaseRef]:
+    "Every case under `root`, sorted by category then id; an id found twice is skipped (rows appended to `skipped`)."
     root = Path(root)
     if not root.is_dir(): raise FileNotFoundError(f"{root}: dataset root not found")
     refs = []
@@ -46,11 +62,7 @@ def find_cases(root) -> list[CaseRef]:
             refs += [CaseRef(_case_id(c), _CATEGORIES[_norm(e.name)], c) for c in sorted(e.iterdir()) if _case_entry(c)]
         else: refs.append(CaseRef(_case_id(e), 'unknown', e))
     if not refs and any(f.is_file() for f in root.iterdir()): refs = [CaseRef(root.name, 'unknown', root)]
-    seen = {}
-    for r in refs:
-        if r.case_id in seen: raise ValueError(f"case id {r.case_id!r} twice: {seen[r.case_id]} and {r.path}")
-        seen[r.case_id] = r.path
-    return refs
+    return _drop_duplicate_ids(refs, skipped)
 
 # %% ../nbs/04_data.ipynb #7ed6f7f6
 @dataclass
@@ -121,18 +133,21 @@ def _from_cache(d: Path) -> PairedCase:
 
 # %% ../nbs/04_data.ipynb #ad87ccac
 def _cache_dir_of(ref: CaseRef, cache_dir) -> Path:
-    return Path(cache_dir) / 'volumes' / re.sub(r'[^\w.\-]', '_', ref.case_id)
+    "The case's cache folder: its id with characters unsafe in file names percent-encoded (one folder per id)."
+    safe = re.sub(r'[^\w.\-]', lambda m: ''.join(f'%{b:02X}' for b in m.group().encode()), ref.case_id)
+    return Path(cache_dir) / 'volumes' / safe
 
-def load_case(ref: CaseRef, cache_dir=None) -> PairedCase:
+def load_case(ref: CaseRef, cache_dir=None, *, tilt: str = 'resample') -> PairedCase:
     "A paired case: from the cache when it is current, else decoded from DICOM (and cached when `cache_dir`)."
     ref = CaseRef(ref.case_id, ref.category, Path(ref.path))
     if cache_dir is not None:
-        d = _cache_dir_of(ref, cache_dir); fp = _fingerprint(ref.path)
+        d, fp = _cache_dir_of(ref, cache_dir), [*_fingerprint(ref.path), tilt]
         if (d / 'meta.json').exists():
             try:
                 if json.loads((d / 'meta.json').read_text()).get('fingerprint') == fp: return _from_cache(d)
             except (OSError, ValueError, KeyError): pass
-    thick, thin = pick_thick_thin(read_dicom_tree(ref.path, dtype=np.float32 if cache_dir is None else np.int16))
+    series = read_dicom_tree(ref.path, dtype=np.float32 if cache_dir is None else np.int16, tilt=tilt)
+    thick, thin = pick_thick_thin(series)
     case = pair_case(ref.case_id, ref.category, thick, thin)
     if cache_dir is None: return case
     _to_cache(case, d, fp)
@@ -163,17 +178,35 @@ def window_thick_z(thin_z: np.ndarray, dz_thin: float, n_thick: int) -> np.ndarr
     lo, length = float(thin_z[0]) - dz_thin / 2, len(thin_z) * dz_thin
     return lo + (np.arange(n_thick) + 0.5) * length / n_thick
 
+def resize_hu(hu: np.ndarray, hw: tuple) -> torch.Tensor:
+    "(T,Y,X) HU → (T,H,W) float32 HU: antialiased bilinear resize (no copy of the size when equal)."
+    x = torch.from_numpy(np.ascontiguousarray(hu, np.float32))[None]
+    if tuple(x.shape[-2:]) != tuple(hw): x = F.interpolate(x, size=tuple(hw), mode='bilinear', antialias=True, align_corners=False)
+    return x[0]
+
 def _to_unit(hu: np.ndarray, hw: tuple, dc: DataConfig) -> torch.Tensor:
     "(T,Y,X) HU → (1,T,H,W) float32 in [-1,1]: antialiased bilinear resize, then the config's window."
-    x = torch.from_numpy(np.ascontiguousarray(hu, np.float32))[None]
-    if tuple(x.shape[-2:]) != hw: x = F.interpolate(x, size=hw, mode='bilinear', antialias=True, align_corners=False)
-    return hu_to_unit(x, (dc.window_center, dc.window_width))
+    return hu_to_unit(resize_hu(hu, hw)[None], (dc.window_center, dc.window_width))
+
+# %% ../nbs/04_data.ipynb #d2b6e3bb
+def window_base(thick: Volume, z: np.ndarray, dz: float, hw: tuple, f: FormulationConfig) -> torch.Tensor:
+    "(T,H,W) HU of the base at the thin positions `z` (spacing `dz`), computed at size `hw`."
+    zk, s = np.asarray(thick.z, float), float(thick.thickness)
+    reach = 4 * (float(np.median(np.diff(zk))) if len(zk) > 1 else s) + s
+    near = np.nonzero((zk >= z[0] - reach) & (zk <= z[-1] + reach))[0]
+    near = near if len(near) else np.array([int(np.argmin(np.abs(zk - z.mean())))])
+    m = int(math.ceil(s / dz)) + 1
+    grid = z[0] + dz * np.arange(-m, int(round((z[-1] - z[0]) / dz)) + 1 + m)
+    b = interpolation_base(resize_hu(thick.hu[near], hw).numpy(), zk[near], s, grid, f.interp, f.data_consistency,
+                           f.slice_profile)
+    return torch.from_numpy(b[np.clip(np.rint((z - grid[0]) / dz).astype(int), 0, len(grid) - 1)])
 
 # %% ../nbs/04_data.ipynb #a8de12f2
 class ClipDataset(Dataset):
-    "z-aligned (thin, thick) clips of paired cases: dicts of (1,T,H,W) / (1,Tk,H,W) tensors in [-1,1] plus metadata."
-    def __init__(self, cases: list[PairedCase], data_cfg: DataConfig, *, train: bool = True, interp: str = 'linear'):
-        self.cases, self.cfg, self.train, self.interp = list(cases), data_cfg, train, interp
+    "z-aligned clips of paired cases: thin (1,T,H,W), thick (1,Tk,H,W) in [-1,1], base and residual with `formulation`."
+    def __init__(self, cases: list[PairedCase], data_cfg: DataConfig, *, train: bool = True, interp: str = 'linear',
+                 formulation: FormulationConfig | None = None):
+        self.cases, self.cfg, self.train, self.interp, self.formulation = list(cases), data_cfg, train, interp, formulation
         self.T = data_cfg.n_frames
         self.Tk = self.T if data_cfg.thick_mode == 'resampled' else native_thick_frames(self.T)
         self.ranges = [c.thin_range() for c in self.cases]
@@ -198,10 +231,16 @@ def _getitem(self, i: int) -> dict:
     case, idx, dc = self.cases[self.index[i][0]], self.window(i), self.cfg
     tz = np.asarray(case.thin.z, float)[idx]
     kz = tz if dc.thick_mode == 'resampled' else window_thick_z(tz, case.thin.spacing[0], self.Tk)
-    hw = (dc.height, dc.width)
-    return dict(thin=_to_unit(case.thin.hu[idx], hw, dc), thick=_to_unit(sample_z(case.thick, kz, self.interp), hw, dc),
+    hw, window = (dc.height, dc.width), (dc.window_center, dc.window_width)
+    thin_hu = resize_hu(case.thin.hu[idx], hw)
+    item = dict(thin=hu_to_unit(thin_hu[None], window), thick=_to_unit(sample_z(case.thick, kz, self.interp), hw, dc),
                 case_id=case.case_id, category=case.category, z_start=float(tz[0]), z_end=float(tz[-1]),
                 thick_z=torch.tensor(kz, dtype=torch.float32))
+    if self.formulation is not None:
+        base = window_base(case.thick, tz, float(case.thin.spacing[0]), hw, self.formulation)
+        item |= dict(base=hu_to_unit(base[None], window), base_hu=base[None],
+                    residual=((thin_hu - base) / self.formulation.residual_hu)[None])
+    return item
 
 ClipDataset.__getitem__ = _getitem
 
@@ -218,46 +257,78 @@ def split_cases(cases: list, val_frac: float, test_frac: float, seed: int) -> di
     order = [cid for _, _, cid in sorted(keyed)]
     return dict(train=sorted(order[sum(want):]), val=sorted(order[want[0]:sum(want)]), test=sorted(order[:want[0]]))
 
+# %% ../nbs/04_data.ipynb #121f9a3c
+def _empty_file(path: Path) -> bool:
+    "Whether `path` is a 0-byte file (what a non-atomic write on a full disk left), which is then made anew."
+    if path.stat().st_size: return False
+    warnings.warn(f"{path}: empty (a write that did not finish); making the splits again")
+    return True
+
+def _read_splits(path: Path) -> dict:
+    "A saved split file; `ValueError` naming it when it is not one."
+    try: saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable split file ({e}); delete it to split anew") from None
+    if not isinstance(saved, dict) or any(not isinstance(saved.get(k), list) for k in ('train', 'val', 'test')):
+        raise ValueError(f"{path}: not a split file (needs train/val/test lists); delete it to split anew")
+    return saved
+
 # %% ../nbs/04_data.ipynb #8c09cf84
 def make_splits(cases: list, data_cfg: DataConfig, *, path=None) -> dict[str, list[str]]:
     "Splits from `path` (default `<cache_dir>/splits.json`) if saved, else made by `split_cases` and saved."
     path = Path(path or Path(data_cfg.cache_dir) / 'splits.json')
     ids = {c.case_id for c in cases}
-    if not path.exists():
+    if not path.exists() or _empty_file(path):
         sp = split_cases(cases, data_cfg.val_frac, data_cfg.test_frac, data_cfg.split_seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(dict(seed=data_cfg.split_seed, val_frac=data_cfg.val_frac, test_frac=data_cfg.test_frac, **sp), indent=1))
+        saved = dict(seed=data_cfg.split_seed, val_frac=data_cfg.val_frac, test_frac=data_cfg.test_frac, **sp)
+        atomic_write_text(path, json.dumps(saved, indent=1))
         return sp
-    saved = json.loads(path.read_text()); sp = {k: list(saved[k]) for k in ('train', 'val', 'test')}
+    saved = _read_splits(path); sp = {k: list(saved[k]) for k in ('train', 'val', 'test')}
     if (saved.get('seed'), saved.get('val_frac'), saved.get('test_frac')) != (data_cfg.split_seed, data_cfg.val_frac, data_cfg.test_frac):
         warnings.warn(f"{path}: saved splits (seed {saved.get('seed')}, val {saved.get('val_frac')}, test {saved.get('test_frac')}) differ from the config; using the saved ones")
     new = sorted(ids - {i for v in sp.values() for i in v})
     if new:
         warnings.warn(f"{path}: {len(new)} new case(s) {new[:5]} added to train"); sp['train'] = sorted(sp['train'] + new)
-        path.write_text(json.dumps({**saved, **sp}, indent=1))
+        atomic_write_text(path, json.dumps({**saved, **sp}, indent=1))
     if gone := sorted({i for v in sp.values() for i in v} - ids): warnings.warn(f"{path}: {len(gone)} case(s) in the split file not found: {gone[:5]}")
     return {k: [i for i in v if i in ids] for k, v in sp.items()}
 
 # %% ../nbs/04_data.ipynb #24cbb6b6
-def _prepare_one(ref: CaseRef, cache_dir, keep: bool = False) -> tuple[dict, PairedCase | None]:
+CACHE_LOCK_WAIT = 3600      # s a training waits for a v2v-prepare of its cache to finish
+
+def _reason(e: BaseException) -> str:
+    "Why a case was skipped, on one line of at most 500 characters."
+    msg = ' '.join(f"{type(e).__name__}: {e}".split())
+    return msg if len(msg) <= 500 else msg[:500] + ' ...'
+
+def _prepare_one(ref: CaseRef, cache_dir, keep: bool = False, tilt: str = 'resample') -> tuple[dict, PairedCase | None]:
     "Decode and cache one case: (a row for the summary or the reason it was skipped, the case if `keep`)."
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter('always')
-        try: c = load_case(ref, cache_dir)
-        except (DicomError, OSError, ValueError) as e:
-            return dict(case_id=ref.case_id, category=ref.category, path=str(ref.path), error=f"{type(e).__name__}: {e}"), None
+        try: c = load_case(ref, cache_dir, tilt=tilt)
+        except Exception as e:         # whatever one case does (bad zip, huge image, a bug it triggers), the rest go on
+            return dict(case_id=ref.case_id, category=ref.category, path=str(ref.path), error=_reason(e)), None
     return dict(case_id=c.case_id, category=c.category, path=str(ref.path), thick_slices=len(c.thick.z), thin_slices=len(c.thin.z),
                 thick_mm=round(c.thick.spacing[0], 3), thin_mm=round(c.thin.spacing[0], 3), pixel_mm=round(c.thin.spacing[1], 3),
                 size=list(c.thin.hu.shape[1:]), paired_mm=round(c.z_range[1] - c.z_range[0], 1), warnings=[str(x.message) for x in w]), (c if keep else None)
 
-def load_cases(refs: list[CaseRef], cache_dir=None, *, workers: int = 0, progress: bool = True) -> tuple[list[dict], list[PairedCase]]:
-    "Decode/cache `refs` (process pool when `workers` > 1): (summary rows, loaded cases)."
+def load_cases(refs: list[CaseRef], cache_dir=None, *, workers: int = 0, progress: bool = True,
+               tilt: str = 'resample') -> tuple[list[dict], list[PairedCase]]:
+    "Decode/cache `refs` (process pool when `workers` > 1; the cache locked meanwhile): (rows, cases); `tilt` as `data.tilt`."
     from tqdm.auto import tqdm
+    active = cache_dir is not None
+    with folder_lock(cache_dir or '.', 'process writing this cache', wait=CACHE_LOCK_WAIT, active=active):
+        return _load_cases(refs, cache_dir, workers, progress, tqdm, tilt)
+
+def _load_cases(refs, cache_dir, workers, progress, tqdm, tilt) -> tuple[list[dict], list[PairedCase]]:
+    "`load_cases` under the cache lock."
     if workers > 1 and len(refs) > 1 and cache_dir is not None:
         with ProcessPoolExecutor(min(workers, len(refs)), mp_context=multiprocessing.get_context('fork')) as ex:
-            res = list(tqdm(ex.map(_prepare_one, refs, [cache_dir] * len(refs)), total=len(refs), desc='cases', disable=not progress))
-        res = [(row, load_case(r, cache_dir) if 'error' not in row else None) for r, (row, _) in zip(refs, res)]   # memory maps
-    else: res = [_prepare_one(r, cache_dir, keep=True) for r in tqdm(refs, desc='cases', disable=not progress)]
+            jobs = ex.map(_prepare_one, refs, [cache_dir] * len(refs), [False] * len(refs), [tilt] * len(refs))
+            res = list(tqdm(jobs, total=len(refs), desc='cases', disable=not progress))
+        res = [(row, None if 'error' in row else load_case(r, cache_dir, tilt=tilt))      # memory maps
+               for r, (row, _) in zip(refs, res)]
+    else: res = [_prepare_one(r, cache_dir, True, tilt) for r in tqdm(refs, desc='cases', disable=not progress)]
     return [row for row, _ in res], [c for _, c in res if c is not None]
 
 # %% ../nbs/04_data.ipynb #3c9ff237
@@ -274,16 +345,18 @@ def summary_table(rows: list[dict]) -> str:
 
 # %% ../nbs/04_data.ipynb #70501b83
 def prepare_dataset(root, cache_dir, *, workers: int | None = None, data_cfg: DataConfig | None = None, progress: bool = True) -> dict:
-    "Dataset root → validated cache, splits.json and summary.json; returns the summary (with a `table`)."
+    "Dataset root → validated cache, splits.json and summary.json (cache locked, files atomic); the summary."
     dc = replace(data_cfg or DataConfig(), root=str(root), cache_dir=str(cache_dir))
-    refs = find_cases(root)
-    workers = min(os.cpu_count() or 1, 8) if workers is None else workers
-    rows, cases = load_cases(refs, cache_dir, workers=workers, progress=progress)
-    splits = make_splits(cases, dc) if cases else dict(train=[], val=[], test=[])
-    summary = dict(root=str(root), cache_dir=str(cache_dir), cases=[r for r in rows if 'error' not in r],
-                   skipped=[r for r in rows if 'error' in r], splits=splits, table=summary_table(rows))
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    (Path(cache_dir) / 'summary.json').write_text(json.dumps(summary, indent=1))
+    with folder_lock(cache_dir, 'v2v-prepare or training (on this cache)'):
+        dups = []
+        refs = find_cases(root, skipped=dups)
+        workers = min(os.cpu_count() or 1, 8) if workers is None else workers
+        rows, cases = load_cases(refs, cache_dir, workers=workers, progress=progress, tilt=dc.tilt)
+        rows += dups
+        splits = make_splits(cases, dc) if cases else dict(train=[], val=[], test=[])
+        summary = dict(root=str(root), cache_dir=str(cache_dir), cases=[r for r in rows if 'error' not in r],
+                       skipped=[r for r in rows if 'error' in r], splits=splits, table=summary_table(rows))
+        atomic_write_text(Path(cache_dir) / 'summary.json', json.dumps(summary, indent=1))
     return summary
 
 # %% ../nbs/04_data.ipynb #b768aff9
@@ -297,7 +370,10 @@ def prepare_main(argv=None) -> dict:
     a = p.parse_args(argv)
     dc = load_config(a.config).data if a.config else DataConfig()
     s = prepare_dataset(a.root, a.cache_dir, workers=a.workers, data_cfg=dc)
-    print(s['table']); print(f"splits: " + ', '.join(f"{k} {len(v)}" for k, v in s['splits'].items()))
+    print(s['table'])
+    print("splits: " + ', '.join(f"{k} {len(v)}" for k, v in s['splits'].items()))
+    if not s['cases']:
+        raise SystemExit(f"v2v-prepare: no usable case under {a.root} ({len(s['skipped'])} skipped; reasons above)")
     return s
 
 # %% ../nbs/04_data.ipynb #4953c2e8
@@ -318,14 +394,14 @@ def loader_workers(requested: int, cpus: int | None = None) -> int:
 def build_dataloaders(cfg: Config, *, distributed: bool = False, progress: bool = False) -> dict[str, DataLoader]:
     "Train/val/test DataLoaders of `ClipDataset` over the cached, split dataset in `cfg.data`."
     dc = cfg.data
-    rows, cases = load_cases(find_cases(dc.root), dc.cache_dir, progress=progress)
+    rows, cases = load_cases(find_cases(dc.root), dc.cache_dir, progress=progress, tilt=dc.tilt)
     for r in rows:
         if 'error' in r: warnings.warn(f"case {r['case_id']} skipped: {r['error']}", DicomWarning)
     splits, by_id = make_splits(cases, dc), {c.case_id: c for c in cases}
     out, workers = {}, loader_workers(dc.num_workers)
     for name, ids in splits.items():
         train = name == 'train'
-        ds = ClipDataset([by_id[i] for i in ids], dc, train=train)
+        ds = ClipDataset([by_id[i] for i in ids], dc, train=train, formulation=cfg.formulation)
         sampler = DistributedSampler(ds, shuffle=train, seed=cfg.train.seed) if distributed and len(ds) else None
         out[name] = DataLoader(ds, batch_size=dc.batch_size, shuffle=train and sampler is None and len(ds) > 0, sampler=sampler,
                                num_workers=workers, persistent_workers=workers > 0, worker_init_fn=_worker_init,

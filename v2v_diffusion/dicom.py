@@ -4,12 +4,13 @@
 
 # %% ../nbs/02_dicom.ipynb #55a58f55
 from __future__ import annotations
-import datetime, gc, io, os, re, stat, warnings, zipfile, zlib
+import datetime, gc, io, math, os, re, stat, warnings, zipfile, zlib
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 import numpy as np
+from scipy import ndimage
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
@@ -19,10 +20,12 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, gen
 from pydicom.valuerep import format_number_as_ds
 
 # %% auto #0
-__all__ = ['MAX_MEMBER_BYTES', 'MAX_ARCHIVE_BYTES', 'read_zip_case', 'LPS_TO_RAS', 'Volume', 'DicomError', 'DicomWarning',
-           'dicom_series_bytes', 'write_dicom_series', 'iter_zip', 'parse_dicom', 'read_datasets', 'slice_hu',
-           'stack_series', 'group_series', 'read_series', 'read_dicom_tree', 'pick_thick_thin', 'nifti_affine',
-           'write_nifti']
+__all__ = ['PATIENT_TAGS', 'DERIVATION', 'MAX_MEMBER_BYTES', 'MAX_ARCHIVE_BYTES', 'MAX_SLICE_PIXELS', 'MAX_SERIES_BYTES',
+           'PADDING_HU', 'MAX_STEP_RATIO', 'TILT_CHOICES', 'read_zip_case', 'LPS_TO_RAS', 'Volume', 'DicomError',
+           'DicomWarning', 'dicom_series_bytes', 'write_dicom_series', 'iter_zip', 'check_folder_size',
+           'check_deflated_size', 'parse_dicom', 'read_datasets', 'checked_shape', 'check_series_bytes', 'rescale_of',
+           'split_frames', 'slice_hu', 'stack_series', 'group_series', 'read_series', 'read_dicom_tree',
+           'pick_thick_thin', 'nifti_affine', 'write_nifti']
 
 # %% ../nbs/02_dicom.ipynb #b45e2331
 @dataclass(eq=False)
@@ -89,27 +92,61 @@ class DicomWarning(UserWarning):
 def _warn(msg: str): warnings.warn(msg, DicomWarning, stacklevel=3)
 
 # %% ../nbs/02_dicom.ipynb #70cbadec
-_PATIENT_TAGS = ('PatientID', 'PatientName', 'PatientBirthDate', 'PatientSex', 'PatientAge', 'AccessionNumber',
-                 'StudyDate', 'StudyTime', 'StudyID', 'ReferringPhysicianName', 'InstitutionName')
+PATIENT_TAGS = ('PatientID', 'PatientName', 'PatientBirthDate', 'PatientSex', 'PatientAge', 'AccessionNumber',
+                'StudyDate', 'StudyTime', 'StudyID', 'ReferringPhysicianName', 'InstitutionName')
+_ACQUISITION_TAGS = ('KVP', 'PatientPosition', 'BodyPartExamined', 'Laterality')   # how the source was scanned
+_TYPE2 = ('PatientName', 'PatientID', 'PatientBirthDate', 'PatientSex', 'StudyDate', 'StudyTime',
+          'ReferringPhysicianName', 'StudyID', 'AccessionNumber', 'Laterality', 'PatientPosition',
+          'PositionReferenceIndicator', 'KVP', 'AcquisitionNumber')
+DERIVATION = 'v2v-diffusion: thin slices synthesised by latent video diffusion from a thick CT series'
+_DEID_METHOD = 'PS3.15 Basic Profile; source frame of reference kept'
 
 def _dsv(x) -> str: return format_number_as_ds(float(x))
 
+def _code(value: str, meaning: str, scheme: str = 'DCM') -> Dataset:
+    "A code sequence item."
+    c = Dataset()
+    c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning = value, scheme, meaning
+    return c
+
+def _identity(ds: Dataset, ref: dict, copy_patient_tags: bool, pseudonym: str | None):
+    "Patient and study identity: copied from `ref`, or removed (PS3.15 basic profile) with an optional pseudonym."
+    if copy_patient_tags:
+        for k in PATIENT_TAGS:
+            if ref.get(k): setattr(ds, k, str(ref[k]))
+        return
+    ds.PatientIdentityRemoved, ds.DeidentificationMethod = 'YES', _DEID_METHOD
+    ds.DeidentificationMethodCodeSequence = [_code('113100', 'Basic Application Confidentiality Profile')]
+    ds.PatientID = ds.PatientName = pseudonym or 'ANONYMOUS'        # PS3.15 'Z': a dummy value
+
+def _description(text: str, ref: dict, copy_patient_tags: bool) -> str:
+    "SeriesDescription (64 characters at most) without the source's own free text unless patient tags are copied."
+    src = str(ref.get('SeriesDescription') or '').strip()
+    if not src or copy_patient_tags: return text[:64]
+    text = re.sub(rf'(?<!\w){re.escape(src)}(?!\w)', 'source series', text)
+    cut = next((n for n in range(len(src) - 1, 3, -1) if text.endswith(src[:n])), 0)   # a copy cut short at the end
+    return (text[:-cut] + 'source series' if cut else text)[:64]
+
 def _base_dataset(vol: Volume, ref: dict, copy_patient_tags, series_description, study_uid, frame_uid,
-                  image_type, series_number) -> Dataset:
+                  image_type, series_number, pseudonym=None, derivation=DERIVATION) -> Dataset:
     "Everything shared by the slices of a written series."
     ds = Dataset(); ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = CTImageStorage
     now = datetime.datetime.now()
-    ds.SpecificCharacterSet, ds.Modality, ds.ImageType = 'ISO_IR 192', 'CT', list(image_type)
+    ds.SpecificCharacterSet, ds.Modality = 'ISO_IR 192', 'CT'
+    ds.ImageType = list(image_type) + ['AXIAL'] * (len(image_type) < 3)
     ds.ContentDate, ds.ContentTime = now.strftime('%Y%m%d'), now.strftime('%H%M%S')
-    ds.PatientID, ds.PatientName = 'ANONYMOUS', 'ANONYMOUS'
-    if copy_patient_tags:
-        for k in _PATIENT_TAGS:
-            if ref.get(k): setattr(ds, k, str(ref[k]))
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid or generate_uid(), generate_uid()
-    ds.FrameOfReferenceUID = frame_uid or generate_uid()
-    ds.SeriesDescription, ds.SeriesNumber = series_description, series_number
-    ds.Manufacturer = ref.get('Manufacturer', 'v2v-diffusion') if copy_patient_tags else 'v2v-diffusion'
+    _identity(ds, ref, copy_patient_tags, pseudonym)
+    study = study_uid or (ref.get('StudyInstanceUID') if copy_patient_tags else None)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study or generate_uid(), generate_uid()
+    ds.FrameOfReferenceUID = frame_uid or ref.get('FrameOfReferenceUID') or generate_uid()
+    ds.SeriesDescription, ds.SeriesNumber = _description(series_description, ref, copy_patient_tags), series_number
+    ds.Manufacturer = 'v2v-diffusion'
+    if ds.ImageType[0] == 'DERIVED' and derivation: ds.DerivationDescription = derivation
+    for k in _ACQUISITION_TAGS:
+        if ref.get(k): setattr(ds, k, str(ref[k]))
+    for k in _TYPE2:           # Laterality is absent, not empty, with a body part (dciodvfy warns otherwise)
+        if k not in ds and not (k == 'Laterality' and 'BodyPartExamined' in ds): setattr(ds, k, '')
     (ny, nx), (dz, dy, dx) = vol.hu.shape[1:], vol.spacing
     ds.Rows, ds.Columns, ds.PixelSpacing = ny, nx, [_dsv(dy), _dsv(dx)]
     ds.ImageOrientationPatient = [_dsv(o) for o in vol.orientation]
@@ -121,23 +158,59 @@ def _base_dataset(vol: Volume, ref: dict, copy_patient_tags, series_description,
     return ds
 
 # %% ../nbs/02_dicom.ipynb #e63736b3
+def _nearest_sources(sources: list, zs: np.ndarray, z: float) -> list:
+    "The source slices `[class, uid, frame, z]` that position `z` lies between (one when on or beyond a slice)."
+    k = int(np.searchsorted(zs, z))
+    near = [i for i in (k - 1, k) if 0 <= i < len(zs)]
+    on = [i for i in near if abs(zs[i] - z) < 1e-3]
+    return [sources[i] for i in (on or near)]
+
+def _link(ds: Dataset, ref: dict, picked: list):
+    "SourceImageSequence and the Common Instance Reference module for the source slices `picked`."
+    src, inst = [], {}
+    for cls, uid, frame, _ in picked:
+        it = Dataset()
+        it.ReferencedSOPClassUID, it.ReferencedSOPInstanceUID = cls, uid
+        if frame: it.ReferencedFrameNumber = frame
+        it.PurposeOfReferenceCodeSequence = [_code('121322', 'Source image for image processing operation')]
+        src.append(it)
+        inst.setdefault(uid, cls)
+    ds.SourceImageSequence = src
+    series = Dataset()
+    series.SeriesInstanceUID = ref['SeriesInstanceUID']
+    series.ReferencedInstanceSequence = [Dataset() for _ in inst]
+    for it, (uid, cls) in zip(series.ReferencedInstanceSequence, inst.items()):
+        it.ReferencedSOPClassUID, it.ReferencedSOPInstanceUID = cls, uid
+    if ref.get('StudyInstanceUID') == ds.StudyInstanceUID: ds.ReferencedSeriesSequence = [series]
+    else:
+        study = Dataset()
+        study.StudyInstanceUID, study.ReferencedSeriesSequence = ref['StudyInstanceUID'], [series]
+        ds.StudiesContainingOtherReferencedInstancesSequence = [study]
+
 def dicom_series_bytes(vol: Volume, *, reference_meta: dict | None = None, copy_patient_tags: bool = False,
                        series_description: str = 'v2v-diffusion', study_uid: str | None = None,
-                       frame_uid: str | None = None, image_type=('DERIVED', 'SECONDARY'), series_number: int = 1001,
-                       transfer_syntax: str = 'explicit', prefix: str = 'IM') -> list[tuple[str, bytes]]:
+                       frame_uid: str | None = None, image_type=('DERIVED', 'SECONDARY', 'AXIAL'),
+                       series_number: int = 1001, transfer_syntax: str = 'explicit', prefix: str = 'IM',
+                       pseudonym: str | None = None, derivation: str = DERIVATION) -> list[tuple[str, bytes]]:
     "`(file name, DICOM bytes)` for each slice of `vol`; instance 1 is the most superior slice, as scanners number them."
     if transfer_syntax not in ('explicit', 'rle'): raise ValueError(f"transfer_syntax={transfer_syntax!r}: valid are 'explicit', 'rle'")
-    ds = _base_dataset(vol, reference_meta or {}, copy_patient_tags, series_description, study_uid, frame_uid, image_type, series_number)
+    ref = reference_meta or {}
+    ds = _base_dataset(vol, ref, copy_patient_tags, series_description, study_uid, frame_uid, image_type, series_number,
+                       pseudonym, derivation)
     rle = transfer_syntax == 'rle'
     ds.file_meta.TransferSyntaxUID = RLELossless if rle else ExplicitVRLittleEndian
     stored = np.clip(np.rint(np.asarray(vol.hu, np.float32)), -32768, 32767).astype('<i2')
     pos, out, nz = vol.positions(), [], len(vol.z)
+    linked = ds.ImageType[0] == 'DERIVED' and ref.get('SeriesInstanceUID') and ref.get('StudyInstanceUID')
+    sources = sorted((s for s in ref.get('sources', []) if s[0] and s[1]), key=lambda s: s[3]) if linked else []
+    zs = np.array([s[3] for s in sources])
     kw = dict(rows=ds.Rows, columns=ds.Columns, samples_per_pixel=1, bits_allocated=16, bits_stored=16,
               pixel_representation=1, photometric_interpretation='MONOCHROME2', number_of_frames=1)
     for k in range(nz - 1, -1, -1):
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.InstanceNumber = nz - k
         ds.ImagePositionPatient, ds.SliceLocation = [_dsv(p) for p in pos[k]], _dsv(vol.z[k])
+        if sources: _link(ds, ref, _nearest_sources(sources, zs, float(vol.z[k])))
         px = np.ascontiguousarray(stored[k])
         ds.PixelData = encapsulate([RLELosslessEncoder.encode(px, encoding_plugin='pylibjpeg', **kw)]) if rle else px.tobytes()
         ds['PixelData'].VR = 'OB' if rle else 'OW'
@@ -148,7 +221,7 @@ def dicom_series_bytes(vol: Volume, *, reference_meta: dict | None = None, copy_
 # %% ../nbs/02_dicom.ipynb #c4d69a26
 def write_dicom_series(vol: Volume, out_dir, *, reference_meta: dict | None = None, copy_patient_tags: bool = False,
                        series_description: str = 'v2v-diffusion', **kwargs) -> list[Path]:
-    "Write `vol` as a DICOM series into `out_dir` (new UIDs, DERIVED\\SECONDARY); kwargs go to `dicom_series_bytes`."
+    "Write `vol` as a DICOM series into `out_dir` (linked to `reference_meta`'s series); kwargs: `dicom_series_bytes`."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, data in dicom_series_bytes(vol, reference_meta=reference_meta, copy_patient_tags=copy_patient_tags,
@@ -157,8 +230,8 @@ def write_dicom_series(vol: Volume, out_dir, *, reference_meta: dict | None = No
     return paths
 
 # %% ../nbs/02_dicom.ipynb #bb016d31
-MAX_MEMBER_BYTES = 512 << 20    # one DICOM file
-MAX_ARCHIVE_BYTES = 64 << 30    # all entries of one archive, uncompressed
+MAX_MEMBER_BYTES = int(os.environ.get('V2V_MAX_MEMBER_BYTES', 512 << 20))    # one DICOM file
+MAX_ARCHIVE_BYTES = int(os.environ.get('V2V_MAX_ARCHIVE_BYTES', 8 << 30))     # all files of one case (zip or folder)
 _SKIP_EXT = {'.txt', '.md', '.json', '.xml', '.csv', '.html', '.htm', '.pdf', '.jpg', '.jpeg', '.png', '.ini', '.log', '.py'}
 
 def _is_candidate(name: str) -> bool:
@@ -173,6 +246,8 @@ def _check_entry(zip_path, info: zipfile.ZipInfo, max_member_bytes: int):
         raise DicomError(f"{zip_path}: entry {info.filename!r} escapes the archive (zip-slip); refusing the archive")
     if stat.S_ISLNK(info.external_attr >> 16):
         raise DicomError(f"{zip_path}: entry {info.filename!r} is a symbolic link; refusing the archive")
+    if info.flag_bits & 0x1:
+        raise DicomError(f"{zip_path}: entry {info.filename!r} is encrypted (a password-protected zip)")
     if info.file_size > max_member_bytes:
         raise DicomError(f"{zip_path}: entry {info.filename!r} is {info.file_size} bytes (limit {max_member_bytes})")
 
@@ -201,16 +276,48 @@ def _iter_files(source):
         return
     p = Path(source)
     if p.is_dir():
-        for f in sorted(p.rglob('*')):
-            if f.is_file() and _is_candidate(f.name): yield str(f), str(f.relative_to(p)), f.read_bytes()
+        files = [f for f in sorted(p.rglob('*')) if f.is_file() and _is_candidate(f.name)]
+        check_folder_size(p, files)
+        for f in files: yield str(f), str(f.relative_to(p)), f.read_bytes()
+    elif not p.is_file(): raise DicomError(f"{p}: no such file or folder")
     elif p.suffix.lower() == '.zip': yield from iter_zip(p)
-    elif p.is_file(): yield str(p), p.name, p.read_bytes()
-    else: raise DicomError(f"{p}: no such file or folder")
+    else: yield str(p), p.name, p.read_bytes()
+
+# %% ../nbs/02_dicom.ipynb #23d703e6
+def check_folder_size(folder: Path, files: list[Path]):
+    "A zip's caps for a folder: no file over `MAX_MEMBER_BYTES`, all together at most `MAX_ARCHIVE_BYTES`."
+    sizes = [f.stat().st_size for f in files]
+    if sizes and max(sizes) > MAX_MEMBER_BYTES:
+        big = files[sizes.index(max(sizes))]
+        raise DicomError(f"{big}: {max(sizes)} bytes (limit {MAX_MEMBER_BYTES}, V2V_MAX_MEMBER_BYTES)")
+    if sum(sizes) > MAX_ARCHIVE_BYTES:
+        raise DicomError(f"{folder}: {sum(sizes)} bytes of files (limit {MAX_ARCHIVE_BYTES}, V2V_MAX_ARCHIVE_BYTES)")
+
+# %% ../nbs/02_dicom.ipynb #442eb17c
+_DEFLATED = '1.2.840.10008.1.2.1.99'
+
+def _not_an_image(ds: Dataset) -> bool:
+    "Whether a dataset without pixel data is a whole non-image object (a DICOMDIR, a report) rather than a cut image."
+    meta = getattr(ds, 'file_meta', None)
+    sop = str(ds.get('SOPClassUID', '') or (meta.get('MediaStorageSOPClassUID', '') if meta is not None else ''))
+    return sop == '1.2.840.10008.1.3.10' or bool(sop and str(ds.get('Modality', '') or '') not in ('', 'CT'))
+
+def check_deflated_size(name: str, data: bytes):
+    "For a Deflated-transfer-syntax file, inflate with a bound first: `DicomError` if it grows past `MAX_MEMBER_BYTES`."
+    if data[128:132] != b'DICM' or _DEFLATED.encode() not in data[132:4096]: return
+    try: meta_len = int.from_bytes(data[140:144], 'little')          # (0002,0000) UL: the file meta group length
+    except ValueError: return
+    z = zlib.decompressobj(-zlib.MAX_WBITS)
+    try: out = z.decompress(data[144 + meta_len:], MAX_MEMBER_BYTES + 1)
+    except zlib.error as e: raise DicomError(f"{name}: corrupt deflated data ({e})") from None
+    if len(out) > MAX_MEMBER_BYTES:
+        raise DicomError(f"{name}: deflated data inflate to more than {MAX_MEMBER_BYTES} bytes (V2V_MAX_MEMBER_BYTES)")
 
 # %% ../nbs/02_dicom.ipynb #98381b2a
 def parse_dicom(name: str, data: bytes) -> Dataset | None:
     "One `dcmread` of `data`; `None` for a file that is not a DICOM image; `DicomError` naming `name` if unreadable."
     raw_start = data[:2] in (b'\x08\x00', b'\x02\x00')
+    check_deflated_size(name, data)
     try: ds = pydicom.dcmread(io.BytesIO(data), force=raw_start)
     except InvalidDicomError as e:
         if name.lower().endswith('.dcm'): raise DicomError(f"{name}: not a DICOM file ({e})") from None
@@ -218,13 +325,19 @@ def parse_dicom(name: str, data: bytes) -> Dataset | None:
     except Exception as e: raise DicomError(f"{name}: unreadable DICOM ({type(e).__name__}: {e})") from None
     if 'PixelData' not in ds:
         if 'Rows' in ds or len(ds) == 0: raise DicomError(f"{name}: image without pixel data (truncated file?)")
-        if ds.get('SOPClassUID', '') != '1.2.840.10008.1.3.10': _warn(f"{name}: no pixel data ({ds.get('Modality', '?')}), skipped")
+        if _not_an_image(ds): _warn(f"{name}: no pixel data ({ds.get('Modality', '?')}), skipped")
+        else: raise DicomError(f"{name}: no pixel data ({ds.get('Modality', '') or 'no Modality'}): truncated?")
         return None
     return ds
 
 def read_datasets(source) -> list[tuple[str, str, Dataset]]:
-    "`(display name, relative path, dataset)` for every DICOM image in `source`."
-    return [(n, rel, ds) for n, rel, b in _iter_files(source) if (ds := parse_dicom(n, b)) is not None]
+    "`(display name, relative path, dataset)` for every DICOM image in `source`; one per frame of an enhanced image."
+    out = []
+    for n, rel, b in _iter_files(source):
+        ds = parse_dicom(n, b)
+        if ds is None: continue
+        out += split_frames(n, rel, ds) if 'PerFrameFunctionalGroupsSequence' in ds else [(n, rel, ds)]
+    return out
 
 # %% ../nbs/02_dicom.ipynb #cccc20be
 def _text(ds: Dataset, keyword: str, default: str | None = None) -> str | None:
@@ -242,26 +355,118 @@ def _number(name: str, ds: Dataset, keyword: str, default: float) -> float:
     try: return float(v) if v else default
     except ValueError: raise DicomError(f"{name}: unreadable {keyword} {v!r}") from None
 
+# %% ../nbs/02_dicom.ipynb #9d959c6b
+MAX_SLICE_PIXELS = int(os.environ.get('V2V_MAX_SLICE_PIXELS', 8192 * 8192))       # one image, all its frames
+MAX_SERIES_BYTES = int(os.environ.get('V2V_MAX_SERIES_BYTES', 16 << 30))          # one decoded series
+
+def checked_shape(name: str, ds: Dataset) -> tuple[int, int]:
+    "(Rows, Columns) of an image, refused before decoding when zero, missing or over `MAX_SLICE_PIXELS` (× frames)."
+    rows, cols, frames = ds.get('Rows') or 0, ds.get('Columns') or 0, _number(name, ds, 'NumberOfFrames', 1)
+    if not (rows >= 1 and cols >= 1 and rows == int(rows) and cols == int(cols)):
+        raise DicomError(f"{name}: Rows x Columns = {rows:g} x {cols:g} is not an image")
+    if rows * cols * max(frames, 1) > MAX_SLICE_PIXELS:
+        raise DicomError(f"{name}: declares {int(rows)} x {int(cols)} pixels x {max(frames, 1):g} frame(s), over the "
+                         f"limit of {MAX_SLICE_PIXELS} (V2V_MAX_SLICE_PIXELS); refused before decoding")
+    return int(rows), int(cols)
+
+def check_series_bytes(name: str, n: int, shape: tuple, dtype):
+    "Refuse a series whose decoded volume (`n` slices of `shape`) would exceed `MAX_SERIES_BYTES`."
+    size = n * math.prod(shape) * np.dtype(dtype).itemsize
+    if size > MAX_SERIES_BYTES:
+        raise DicomError(f"{name}: {n} slices of {shape[0]} x {shape[1]} decode to {size} bytes, over the limit of "
+                         f"{MAX_SERIES_BYTES} (V2V_MAX_SERIES_BYTES)")
+
+def rescale_of(name: str, ds: Dataset) -> tuple[float, float]:
+    "(RescaleSlope, RescaleIntercept): finite, a non-zero slope, stored values mapping inside ±1e6 HU."
+    slope, icpt = _number(name, ds, 'RescaleSlope', 1), _number(name, ds, 'RescaleIntercept', 0)
+    if not (math.isfinite(slope) and math.isfinite(icpt)):
+        raise DicomError(f"{name}: RescaleSlope {slope} / RescaleIntercept {icpt} must be finite")
+    if slope == 0: raise DicomError(f"{name}: RescaleSlope is 0 (every pixel would be {icpt:g} HU)")
+    if abs(slope) * 2.0 ** int(ds.get('BitsStored', 16) or 16) + abs(icpt) > 1e6:
+        raise DicomError(f"{name}: RescaleSlope {slope:g} / RescaleIntercept {icpt:g} put pixels outside ±1e6 HU")
+    return slope, icpt
+
+# %% ../nbs/02_dicom.ipynb #a1b042c1
+_FUNCTIONAL_GROUPS = {'ImagePositionPatient': 'PlanePositionSequence',
+                      'ImageOrientationPatient': 'PlaneOrientationSequence',
+                      'PixelSpacing': 'PixelMeasuresSequence', 'SliceThickness': 'PixelMeasuresSequence',
+                      'RescaleSlope': 'PixelValueTransformationSequence',
+                      'RescaleIntercept': 'PixelValueTransformationSequence'}
+_NOT_PER_FRAME = {'PixelData', 'NumberOfFrames', 'PerFrameFunctionalGroupsSequence', 'SharedFunctionalGroupsSequence'}
+
+class _Frames:
+    "The stored frames of one multi-frame file, decoded on first use."
+    def __init__(self, name: str, ds: Dataset): self.name, self.ds, self.arr = name, ds, None
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        if self.arr is None:
+            try: a = pydicom.pixels.pixel_array(self.ds)
+            except Exception as e:
+                raise DicomError(f"{self.name}: cannot decode pixels ({type(e).__name__}: {e})") from None
+            self.arr = a[None] if a.ndim == 2 else a
+        return self.arr[k]
+
+def _group_value(groups, seq: str, keyword: str):
+    "The value of `keyword` in the macro `seq` of the first functional group item that holds it, else None."
+    for g in groups:
+        if g is not None and seq in g and len(g[seq].value) and keyword in g[seq].value[0]:
+            return g[seq].value[0][keyword].value
+    return None
+
+def split_frames(name: str, rel: str, ds: Dataset) -> list[tuple[str, str, Dataset]]:
+    "One `(name frame k, rel, dataset)` item per frame of an enhanced image, its functional groups as plain tags."
+    n = int(_number(name, ds, 'NumberOfFrames', 1))
+    per = ds.get('PerFrameFunctionalGroupsSequence') or []
+    if len(per) != n: raise DicomError(f"{name}: {len(per)} per-frame functional groups for {n} frames")
+    shared = (ds.get('SharedFunctionalGroupsSequence') or [None])[0]
+    top = [e for e in ds if e.keyword not in _NOT_PER_FRAME and e.VR != 'SQ']
+    frames, out = _Frames(name, ds), []
+    for k in range(n):
+        f = Dataset()
+        for e in top: f.add(e)
+        f.file_meta = ds.file_meta
+        for keyword, seq in _FUNCTIONAL_GROUPS.items():
+            v = _group_value((per[k], shared), seq, keyword)
+            if v is not None: setattr(f, keyword, v)
+        f.InstanceNumber, f._v2v_frame = k + 1, (frames, k)
+        out.append((f"{name} frame {k + 1}", rel, f))
+    return out
+
 # %% ../nbs/02_dicom.ipynb #5c45cad4
+PADDING_HU = -1024     # what padding pixels (PixelPaddingValue) become: air
+
 def _stored_pixels(name: str, ds: Dataset) -> np.ndarray:
-    "The (Y,X) stored values of a single-frame image."
-    if _number(name, ds, 'NumberOfFrames', 1) != 1: raise DicomError(f"{name}: multi-frame images are not supported")
-    rows, cols, ts = int(ds.Rows), int(ds.Columns), ds.file_meta.get('TransferSyntaxUID', ExplicitVRLittleEndian)
+    "The (Y,X) stored values of a single-frame image, or of one frame of an enhanced image."
+    if (fr := getattr(ds, '_v2v_frame', None)) is not None: return fr[0][fr[1]]
+    if _number(name, ds, 'NumberOfFrames', 1) != 1:
+        raise DicomError(f"{name}: multi-frame images without functional groups are not supported")
+    (rows, cols), ts = checked_shape(name, ds), ds.file_meta.get('TransferSyntaxUID', ExplicitVRLittleEndian)
     signed, bits = int(ds.get('PixelRepresentation', 0)), int(ds.get('BitsAllocated', 16))
     if (not ts.is_compressed and ts.is_little_endian and bits == 16 and int(ds.get('SamplesPerPixel', 1)) == 1
             and (not signed or int(ds.get('BitsStored', 16)) == 16)):
         pd = ds.PixelData
         if len(pd) < rows * cols * 2: raise DicomError(f"{name}: truncated pixel data ({len(pd)} of {rows * cols * 2} bytes)")
+        if len(pd) > rows * cols * 2 + 1:
+            raise DicomError(f"{name}: {len(pd)} bytes of pixel data for Rows x Columns = {rows} x {cols}")
         return np.frombuffer(pd, '<i2' if signed else '<u2', count=rows * cols).reshape(rows, cols)
     try: return pydicom.pixels.pixel_array(ds)         # not ds.pixel_array: no cached copy, no pixel-id checks (~0.3 ms)
     except Exception as e: raise DicomError(f"{name}: cannot decode pixels ({type(e).__name__}: {e})") from None
 
+def _padding(name: str, ds: Dataset) -> tuple[int, int] | None:
+    "(low, high) stored values that mark padding (PixelPaddingValue .. PixelPaddingRangeLimit), or None."
+    if 'PixelPaddingValue' not in ds: return None
+    keys = [k for k in ('PixelPaddingValue', 'PixelPaddingRangeLimit') if k in ds and ds[k].value is not None]
+    try: v = [int(ds[k].value) for k in keys]
+    except (TypeError, ValueError) as e: raise DicomError(f"{name}: unreadable PixelPaddingValue ({e})") from None
+    if int(ds.get('PixelRepresentation', 0)): v = [x - 65536 if x >= 32768 else x for x in v]   # signed, read as US
+    return (min(v), max(v)) if v else None
+
 def slice_hu(name: str, ds: Dataset, out: np.ndarray | None = None) -> np.ndarray:
-    "(Y,X) HU of one slice via RescaleSlope/RescaleIntercept, written into `out` (float32, or int16 rounded) if given."
+    "(Y,X) HU of one slice via RescaleSlope/RescaleIntercept, padding as air; into `out` (float32, or int16) if given."
     a = _stored_pixels(name, ds)
     if out is not None and out.shape != a.shape: raise DicomError(f"{name}: {a.shape[0]}x{a.shape[1]} pixels, expected {out.shape[0]}x{out.shape[1]}")
     out = np.empty(a.shape, np.float32) if out is None else out
-    slope, icpt = _number(name, ds, 'RescaleSlope', 1) or 1, _number(name, ds, 'RescaleIntercept', 0)
+    slope, icpt = rescale_of(name, ds)
     if out.dtype.kind == 'i' and slope == 1 and icpt == int(icpt) and abs(icpt) < 2**15:   # exact integer path, no float round trip
         np.copyto(out, a, casting='unsafe'); out += out.dtype.type(icpt)
     elif out.dtype.kind == 'i': np.rint(a * np.float32(slope) + np.float32(icpt), out=out, casting='unsafe')
@@ -269,6 +474,7 @@ def slice_hu(name: str, ds: Dataset, out: np.ndarray | None = None) -> np.ndarra
         np.copyto(out, a, casting='unsafe')
         if slope != 1: out *= np.float32(slope)
         out += np.float32(icpt)
+    if (pad := _padding(name, ds)) is not None: out[(a >= pad[0]) & (a <= pad[1])] = PADDING_HU
     return out
 
 # %% ../nbs/02_dicom.ipynb #dda8fdbb
@@ -282,6 +488,7 @@ def _geometry(name: str, ds: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarra
         except ValueError: raise DicomError(f"{name}: unreadable {tag} {v!r}") from None
         if a.shape != (n,) or not np.isfinite(a).all(): raise DicomError(f"{name}: {tag} must hold {n} numbers, got {v!r}")
         out.append(a)
+    if (out[2] <= 0).any(): raise DicomError(f"{name}: PixelSpacing {out[2].tolist()} must be > 0")
     return tuple(out)
 
 # %% ../nbs/02_dicom.ipynb #04046c7b
@@ -307,42 +514,120 @@ def _sorted_slices(items: list, modalities) -> tuple[list, np.ndarray, np.ndarra
     return [items[k] for k in keep], z[keep], pos[keep], np.concatenate([iop, ps])
 
 # %% ../nbs/02_dicom.ipynb #b5587b04
-def _check_spacing(names: list, z: np.ndarray, pos: np.ndarray, normal: np.ndarray, pixel: float):
-    "Warn about gaps, irregular spacing and positions that drift in-plane (gantry tilt)."
-    if len(z) < 2: return
-    dz = np.diff(z); med = float(np.median(dz))
+MAX_STEP_RATIO = 3.0               # a step beyond 3x the median spacing: positions inconsistent, not a gap
+TILT_CHOICES = ('resample', 'refuse')
+
+def _uneven(dz: np.ndarray, med: float) -> np.ndarray:
+    "Which steps differ from the median by more than 10 %."
+    return np.abs(dz - med) > 0.1 * med + 0.01
+
+def _check_steps(names: list, z: np.ndarray, series: str) -> bool:
+    "Refuse steps beyond MAX_STEP_RATIO x the median (naming the file); warn about gaps; True when steps are uneven."
+    if len(z) < 3: return False
+    dz = np.diff(z)
+    med = float(np.median(dz))
+    for k in np.nonzero(dz > MAX_STEP_RATIO * med + 1e-3)[0]:
+        who = names[-1] if k == len(dz) - 1 else names[0] if k == 0 else f"{names[k]} and {names[k + 1]}"
+        raise DicomError(f"{who}: slice position inconsistent with the rest of {series}: a step of {dz[k]:.1f} mm "
+                         f"({dz[k] / med:.0f}x the median {med:.2f} mm)")
     for k in np.nonzero(dz > 1.5 * med + 1e-3)[0]:
         _warn(f"{names[k + 1]}: gap of {dz[k]:.2f} mm after {names[k]} (median spacing {med:.2f} mm)")
-    odd = np.nonzero((np.abs(dz - med) > 0.1 * med + 0.01) & ~(dz > 1.5 * med + 1e-3))[0]
-    if len(odd): _warn(f"{names[odd[0] + 1]}: irregular slice spacing ({len(odd)} steps differ from {med:.3f} mm)")
+    odd = np.nonzero(_uneven(dz, med))[0]
+    if len(odd): _warn(f"{names[odd[0] + 1]}: uneven slice spacing in {series} ({len(odd)} steps of "
+                       f"{dz.min():.2f}..{dz.max():.2f} mm differ from {med:.3f} mm); resampled onto a uniform grid")
+    return bool(len(odd))
+
+def _check_track(names: list, z: np.ndarray, pos: np.ndarray, normal: np.ndarray, pixel: float, series: str,
+                 tilt: str) -> np.ndarray | None:
+    "(Z,3) in-plane drift of each slice when the series is tilted (None if straight); refuses per `tilt`."
     drift = pos - pos[0] - np.outer(z - z[0], normal)
-    if np.abs(drift).max() > 0.5 * pixel: _warn(f"{names[-1]}: slice positions drift {np.abs(drift).max():.1f} mm in-plane (gantry tilt?)")
+    if len(z) < 2 or np.abs(drift).max() <= 0.5 * pixel: return None
+    dz = z - z[0]
+    slope = drift.T @ dz / (dz @ dz)                       # in-plane mm per mm along the normal
+    off = np.linalg.norm(drift - np.outer(dz, slope), axis=1)
+    if off.max() > max(2 * pixel, 1.0):
+        k = int(off.argmax())
+        raise DicomError(f"{names[k]}: slice position inconsistent with the rest of {series}: "
+                         f"{off[k]:.1f} mm off their line")
+    angle, shift = float(np.degrees(np.arctan(np.linalg.norm(slope)))), float(np.abs(drift).max())
+    if tilt == 'refuse':
+        raise DicomError(f"{names[0]}: {series} has a gantry tilt of {angle:.1f}° (positions drift {shift:.1f} mm "
+                         "in-plane); refused (data.tilt: refuse; 'resample' de-shears it)")
+    _warn(f"{names[0]}: {series} has a gantry tilt of {angle:.1f}°; slices shifted in-plane by up to {shift:.1f} mm "
+          "(de-shear)")
+    return drift
+
+# %% ../nbs/02_dicom.ipynb #07d1a8e8
+def _deshear(hu: np.ndarray, drift: np.ndarray, orientation: np.ndarray, dy: float, dx: float) -> np.ndarray:
+    "Each slice of `hu` moved in-plane by its drift, so that the stack lies on the orthogonal grid of the first slice."
+    r, c, out = orientation[:3], orientation[3:], np.empty_like(hu)
+    for k in range(len(hu)):
+        by = (drift[k] @ c / dy, drift[k] @ r / dx)
+        moved = ndimage.shift(hu[k].astype(np.float32), by, order=1, cval=PADDING_HU)
+        out[k] = np.rint(moved) if hu.dtype.kind == 'i' else moved
+    return out
+
+def _uniform_z(hu: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "(hu, z) linearly resampled along z onto evenly spaced positions from z[0] to z[-1] (about the median step)."
+    n = int(round((z[-1] - z[0]) / float(np.median(np.diff(z))))) + 1
+    zn = np.linspace(z[0], z[-1], n)
+    lo = np.clip(np.searchsorted(z, zn, side='right') - 1, 0, len(z) - 2)
+    w = (zn - z[lo]) / (z[lo + 1] - z[lo])
+    out = np.empty((n, *hu.shape[1:]), hu.dtype)
+    for k in range(n):
+        v = hu[lo[k]] * np.float32(1 - w[k]) + hu[lo[k] + 1] * np.float32(w[k])
+        out[k] = np.rint(v) if hu.dtype.kind == 'i' else v
+    return out, zn
 
 # %% ../nbs/02_dicom.ipynb #f5b6b3b0
-_META_TAGS = ('PatientID', 'PatientName', 'StudyInstanceUID', 'SeriesInstanceUID', 'FrameOfReferenceUID', 'Modality',
-              'SeriesDescription', 'SeriesNumber', 'StudyDate', 'Manufacturer', 'ConvolutionKernel', 'KVP')
+_META_TAGS = ('PatientID', 'PatientName', 'PatientBirthDate', 'PatientSex', 'PatientAge', 'AccessionNumber',
+              'StudyInstanceUID', 'StudyDate', 'StudyTime', 'StudyID', 'ReferringPhysicianName', 'InstitutionName',
+              'SeriesInstanceUID', 'FrameOfReferenceUID', 'Modality', 'SeriesDescription', 'SeriesNumber',
+              'Manufacturer', 'ConvolutionKernel', 'KVP', 'PatientPosition', 'BodyPartExamined', 'Laterality')
 
-def _series_meta(items: list, ds: Dataset) -> dict:
-    "Plain-string metadata of a series (picklable, JSON-able)."
-    m = {k: str(ds.get(k, '')) for k in _META_TAGS}
+def _series_meta(items: list, ds: Dataset, z: np.ndarray) -> dict:
+    "Plain-string metadata of a series (picklable, JSON-able), with the source instances `[class, uid, frame, z]`."
+    m = {k: '' if (v := ds.get(k)) is None else str(v) for k in _META_TAGS}
     m['TransferSyntaxUID'] = str(ds.file_meta.get('TransferSyntaxUID', ''))
     m['files'] = [n for n, _, _ in items]
+    fr = lambda d: getattr(d, '_v2v_frame', (None, -1))[1] + 1
+    m['sources'] = [[_text(d, 'SOPClassUID', ''), _text(d, 'SOPInstanceUID', ''), fr(d), float(zk)]
+                    for (_, _, d), zk in zip(items, z)]
     return m
 
-def stack_series(items: list, *, modalities=('CT',), dtype=np.float32) -> Volume:
-    "A `Volume` from `(name, rel, dataset)` items of one series: checked, z-sorted, in HU (float32, or int16 for caching)."
+def _series_name(ds: Dataset) -> str:
+    "How messages name a series: number, description and UID."
+    number, desc, uid = (_text(ds, k, '') for k in ('SeriesNumber', 'SeriesDescription', 'SeriesInstanceUID'))
+    return f"series {number or '?'} {desc!r} ({uid})"
+
+def _thickness(names: list, items: list, dz: float, series: str) -> float:
+    "The median SliceThickness; mixed values are warned about; the spacing when the tag is missing."
+    th = [_number(n, ds, 'SliceThickness', 0) for n, (_, _, ds) in zip(names, items)]
+    if not any(th):
+        _warn(f"{names[0]}: no SliceThickness; using the spacing {dz:.2f} mm")
+        return dz
+    if len(vals := sorted({round(t, 3) for t in th if t})) > 1:
+        _warn(f"{names[0]}: mixed SliceThickness in {series}: {', '.join(f'{t:g}' for t in vals)} mm; using the median")
+    return float(np.median([t for t in th if t]))
+
+def stack_series(items: list, *, modalities=('CT',), dtype=np.float32, tilt: str = 'resample') -> Volume:
+    "A `Volume` from `(name, rel, dataset)` items of one series: checked, z-sorted, de-sheared, evenly spaced, in HU."
+    if tilt not in TILT_CHOICES: raise ValueError(f"tilt={tilt!r}: valid are {', '.join(TILT_CHOICES)}")
     if not items: raise DicomError("no DICOM images to stack")
     items, z, pos, geo = _sorted_slices(items, modalities)
-    iop, (dy, dx) = geo[:6], geo[6:]
+    iop, (dy, dx), series = geo[:6], geo[6:], _series_name(items[0][2])
     names = [n for n, _, _ in items]
-    _check_spacing(names, z, pos, np.cross(iop[:3], iop[3:]), min(dy, dx))
-    shape0 = (int(items[0][2].Rows), int(items[0][2].Columns))
+    uneven = _check_steps(names, z, series)
+    drift = _check_track(names, z, pos, np.cross(iop[:3], iop[3:]), min(dy, dx), series, tilt)
+    shape0 = checked_shape(names[0], items[0][2])
+    check_series_bytes(names[0], len(items), shape0, dtype)
     hu = np.empty((len(items), *shape0), dtype)
     for k, (name, _, ds) in enumerate(items): slice_hu(name, ds, hu[k])
-    dz = float(np.median(np.diff(z))) if len(z) > 1 else float(items[0][2].get('SliceThickness', 1.0) or 1.0)
-    th = items[len(items) // 2][2].get('SliceThickness')
-    if th in (None, ''): _warn(f"{names[0]}: no SliceThickness; using the spacing {dz:.2f} mm"); th = dz
-    return Volume(hu, z, (dz, float(dy), float(dx)), pos[0], iop, float(th), _series_meta(items, items[0][2]))
+    meta = _series_meta(items, items[0][2], z)
+    if drift is not None: hu = _deshear(hu, drift, iop, dy, dx)
+    if uneven: hu, z = _uniform_z(hu, z)
+    dz = float(np.median(np.diff(z))) if len(z) > 1 else _number(names[0], items[0][2], 'SliceThickness', 1.0) or 1.0
+    return Volume(hu, z, (dz, float(dy), float(dx)), pos[0], iop, _thickness(names, items, dz, series), meta)
 
 # %% ../nbs/02_dicom.ipynb #7fc573b0
 @contextmanager
@@ -364,17 +649,17 @@ def _describe_groups(groups: dict) -> str:
     return '; '.join(f"{uid or '<no UID>'}: {len(v)} files, e.g. {v[0][0]}" for uid, v in groups.items())
 
 @_gc_paused()
-def read_series(source, *, modalities=('CT',)) -> Volume:
+def read_series(source, *, modalities=('CT',), tilt: str = 'resample') -> Volume:
     "One series from a folder, a zip, a file list: checked, z-sorted, in HU."
     items = read_datasets(source)
     if not items: raise DicomError(f"{source}: no DICOM images found")
     groups = group_series(items)
     if len(groups) > 1: raise DicomError(f"{source}: {len(groups)} series mixed in one source ({_describe_groups(groups)})")
-    return stack_series(items, modalities=modalities)
+    return stack_series(items, modalities=modalities, tilt=tilt)
 
 # %% ../nbs/02_dicom.ipynb #85f8229e
 @_gc_paused()
-def read_dicom_tree(source, *, modalities=('CT',), dtype=np.float32) -> dict[str, Volume]:
+def read_dicom_tree(source, *, modalities=('CT',), dtype=np.float32, tilt: str = 'resample') -> dict[str, Volume]:
     "Every series of a case (zip or folder): keys '1'/'2' in the dataset layout, else SeriesInstanceUID."
     items = read_datasets(source)
     if not items: raise DicomError(f"{source}: no DICOM images found")
@@ -385,13 +670,15 @@ def read_dicom_tree(source, *, modalities=('CT',), dtype=np.float32) -> dict[str
         for key in ('1', '2'):
             groups = group_series(folders[key])
             if len(groups) > 1: raise DicomError(f"{source}: folder {key}/ mixes {len(groups)} series ({_describe_groups(groups)})")
-            out[key] = stack_series(folders[key], modalities=modalities, dtype=dtype)
+            out[key] = stack_series(folders[key], modalities=modalities, dtype=dtype, tilt=tilt)
         return out
-    out = {}
+    out, why = {}, []
     for uid, its in group_series(items).items():
-        try: out[uid] = stack_series(its, modalities=modalities, dtype=dtype)
-        except DicomError as e: _warn(f"{source}: series {uid} skipped: {e}")
-    if not out: raise DicomError(f"{source}: no usable series ({_describe_groups(group_series(items))})")
+        try: out[uid] = stack_series(its, modalities=modalities, dtype=dtype, tilt=tilt)
+        except DicomError as e:
+            _warn(f"{source}: series {uid} skipped: {e}")
+            why.append(f"series {uid or '<no UID>'} ({len(its)} images): {e}")
+    if not out: raise DicomError(f"{source}: no usable series: {'; '.join(why)}")
     return out
 
 read_zip_case = read_dicom_tree

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
-from scipy.interpolate import CubicSpline
+from .base import INTERP_METHODS, interpolate_z
 
 # %% auto #0
-__all__ = ['CHUNK_PX', 'MS_SSIM_WEIGHTS', 'INTERP_METHODS', 'psnr', 'hu_mae', 'gauss_1d', 'gaussian_blur', 'ssim_maps', 'ssim',
-           'ms_ssim_scales', 'ms_ssim', 'per_slice_metrics', 'body_mask', 'interpolate_z', 'interpolate_clip']
+__all__ = ['CHUNK_PX', 'MS_SSIM_WEIGHTS', 'psnr', 'hu_mae', 'gauss_1d', 'gaussian_blur', 'ssim_maps', 'ssim', 'ms_ssim_scales',
+           'ms_ssim', 'per_slice_metrics', 'body_mask', 'interpolate_clip']
 
 # %% ../nbs/08_metrics.ipynb #8dfe05a7
 def _t(x) -> torch.Tensor:
@@ -166,27 +166,6 @@ def body_mask(hu, threshold: float = -500.0) -> np.ndarray:
     lab, n = ndimage.label(vol)
     if n > 1: vol = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
     return vol.reshape(hu.shape)
-
-# %% ../nbs/08_metrics.ipynb #d7a19bcf
-INTERP_METHODS = ('nearest', 'linear', 'cubic')
-
-def interpolate_z(thick_hu, thick_z, thin_z, method: str = 'linear', chunk_rows: int = 64) -> np.ndarray:
-    "Interpolate a (Zk, Y, X) volume at slice positions `thick_z` onto positions `thin_z` along z."
-    if method not in INTERP_METHODS: raise ValueError(f"unknown method {method!r} (valid: {', '.join(INTERP_METHODS)})")
-    v, zk = np.asarray(thick_hu, np.float32), np.asarray(thick_z, np.float64)
-    if v.shape[0] != len(zk): raise ValueError(f"thick volume has {v.shape[0]} slices but {len(zk)} positions")
-    if np.any(np.diff(zk) <= 0): raise ValueError("thick_z must be strictly ascending")
-    z = np.clip(np.asarray(thin_z, np.float64), zk[0], zk[-1])
-    if len(zk) == 1 or method == 'nearest':
-        return v[np.abs(z[:, None] - zk[None]).argmin(1)]
-    if method == 'linear' or len(zk) < 4:
-        i = np.clip(np.searchsorted(zk, z, side='right') - 1, 0, len(zk) - 2)
-        w = ((z - zk[i]) / (zk[i + 1] - zk[i])).astype(np.float32)[:, None, None]
-        return v[i] * (1 - w) + v[i + 1] * w
-    out = np.empty((len(z), *v.shape[1:]), np.float32)
-    for r in range(0, v.shape[1], chunk_rows):
-        out[:, r:r+chunk_rows] = CubicSpline(zk, v[:, r:r+chunk_rows], axis=0)(z)
-    return out
 
 # %% ../nbs/08_metrics.ipynb #45220c77
 def interpolate_clip(thick: torch.Tensor, T: int, mode: str = 'linear') -> torch.Tensor:

@@ -4,7 +4,8 @@
 
 # %% ../nbs/10_train.ipynb #b1198e60
 from __future__ import annotations
-import argparse, contextlib, copy, itertools, json, logging, math, os, random, signal, sys, time, warnings
+import argparse, contextlib, copy, functools, itertools, json, logging, math, os, random, signal, sys, time, warnings
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,22 +20,27 @@ from tqdm import tqdm
 from .config import Config, TrainConfig, get_config, load_config, validate_config, save_config, config_to_dict
 from .checkpoint import (save_checkpoint, load_checkpoint, resolve_resume, latest_checkpoint, list_checkpoints,
                                       stage_suffix, rng_state, set_rng_state, code_version, state_of, atomic_save, CheckpointError)
+from .checkpoint import (NonFiniteError, RunError, nonfinite_tensors, current_run_id, open_run, folder_lock,
+                                      atomic_write_text)
 from .metrics import psnr, ssim, ms_ssim, interpolate_clip
 from .data import build_dataloaders
 from .vae import VAE, measure_scaling_factor
-from .unet import UNet
-from .diffusion import GaussianDiffusion, sample
+from .diffusion import GaussianDiffusion
+from .formulation import (encode, decode, model_condition, model_target, build_unet, regress,
+                                       predict_latents, clip_output)
 
 # %% auto #0
-__all__ = ['logger', 'Dist', 'setup_distributed', 'seed_everything', 'amp_setup', 'get_lr', 'lr_schedule', 'make_optimizer',
-           'set_lr', 'train_step', 'ema_decay_at', 'ema_update', 'ResumableSampler', 'resumable_loader', 'batches',
-           'RunLog', 'progress', 'bar_postfix', 'broadcast_float', 'any_rank', 'barrier', 'preemption_guard',
+__all__ = ['logger', 'MAX_NONFINITE_STEPS', 'MAX_NONFINITE_STEPS_UNSCALED', 'STAGES', 'Dist', 'setup_distributed',
+           'seed_everything', 'amp_setup', 'get_lr', 'lr_schedule', 'make_optimizer', 'set_lr', 'step_is_finite',
+           'count_nonfinite', 'train_step', 'ema_decay_at', 'ema_update', 'ResumableSampler', 'resumable_loader',
+           'batches', 'RunLog', 'progress', 'bar_postfix', 'broadcast_float', 'any_rank', 'barrier', 'preemption_guard',
            'clip_metrics', 'compare_metrics', 'val_figure', 'RunState', 'Stage', 'make_checkpoint', 'restore',
            'save_now', 'validate_and_log', 'after_step', 'fit', 'stage_summary', 'Data', 'fixed_val_batch', 'load_data',
-           'recon_loss', 'VAELoss', 'validate_vae', 'vae_stage', 'encode_latents', 'DiffusionLoss', 'LatentDataset',
-           'cache_latents', 'validate_diffusion', 'find_vae_checkpoint', 'frozen_vae', 'training_latents_scale',
-           'diffusion_stage', 'diffusion_loader', 'resume_for', 'train_stage', 'train', 'make_config', 'train_parser',
-           'train_main', 'read_metrics', 'plot_history', 'show_val_figures']
+           'recon_loss', 'VAELoss', 'validate_vae', 'vae_stage', 'DiffusionLoss', 'RegressionLoss', 'LatentDataset',
+           'cache_latents', 'validate_latent', 'find_vae_checkpoint', 'frozen_vae', 'training_latents_scale',
+           'latent_stage', 'diffusion_loader', 'trim_metrics', 'checked_resume', 'resume_for', 'train_stage',
+           'claimed_run', 'train', 'make_config', 'train_parser', 'train_main', 'read_metrics', 'plot_history',
+           'show_val_figures']
 
 # %% ../nbs/10_train.ipynb #17d23517
 logger = logging.getLogger('v2v_diffusion.train')
@@ -102,9 +108,31 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> float:
     for g in opt.param_groups: g['lr'] = lr
     return lr
 
+# %% ../nbs/10_train.ipynb #75adab0d
+MAX_NONFINITE_STEPS = 25     # skipped (NaN/inf) optimizer steps in a row before training stops, under fp16 loss scaling
+MAX_NONFINITE_STEPS_UNSCALED = 5    # the same in fp32/bf16, where a NaN is never a loss-scale overflow
+_NONFINITE = weakref.WeakKeyDictionary()     # optimizer -> its current run of non-finite steps
+
+def step_is_finite(loss: float, grad_norm: torch.Tensor) -> bool:
+    "Whether the loss and the gradient norm are finite (on every rank under DDP, so that all ranks skip together)."
+    loss_ok = torch.tensor([math.isfinite(loss)], device=grad_norm.device)
+    flag = (torch.isfinite(grad_norm.detach().float().reshape(1)) & loss_ok).float()
+    if dist.is_available() and dist.is_initialized(): dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+def count_nonfinite(opt, finite: bool, loss: float, grad_norm: float, t: TrainConfig, limit: int) -> int:
+    "Non-finite steps of `opt` in a row so far; `NonFiniteError` once they reach `limit`."
+    n = 0 if finite else _NONFINITE.get(opt, 0) + 1
+    _NONFINITE[opt] = n
+    if n >= limit:
+        raise NonFiniteError(f"training diverged: {n} optimizer steps in a row had a non-finite loss or gradient "
+                             f"(last loss {loss:.4g}, gradient norm {grad_norm:.4g}) and were skipped; lower train.lr "
+                             f"(now {t.lr:g}) or check the data; the last checkpoint holds the last finite weights")
+    return n
+
 # %% ../nbs/10_train.ipynb #649c7f5a
 def train_step(loss_module: nn.Module, data, opt, scaler, ctx, t: TrainConfig) -> tuple[float, dict]:
-    "One optimizer step over `t.grad_accum` micro-batches from `data`; returns (mean loss, logs)."
+    "One optimizer step over `t.grad_accum` micro-batches from `data` (skipped when non-finite); (mean loss, logs)."
     total, logs = 0.0, {}
     for micro in range(t.grad_accum):
         loss_module.require_backward_grad_sync = micro == t.grad_accum - 1
@@ -113,8 +141,12 @@ def train_step(loss_module: nn.Module, data, opt, scaler, ctx, t: TrainConfig) -
         total += loss.item() / t.grad_accum
     scaler.unscale_(opt)
     grad_norm = torch.nn.utils.clip_grad_norm_(loss_module.parameters(), t.max_grad_norm)
-    scaler.step(opt); scaler.update(); opt.zero_grad(set_to_none=True)
-    return total, {**logs, 'grad_norm': grad_norm.item()}
+    finite = step_is_finite(total, grad_norm)
+    if finite: scaler.step(opt)          # a NaN/inf step is skipped, as GradScaler skips an fp16 overflow
+    scaler.update(); opt.zero_grad(set_to_none=True)
+    limit = MAX_NONFINITE_STEPS if scaler.is_enabled() else MAX_NONFINITE_STEPS_UNSCALED
+    count_nonfinite(opt, finite, total, grad_norm.item(), t, limit)
+    return total, {**logs, 'grad_norm': grad_norm.item(), 'skipped': float(not finite)}
 
 # %% ../nbs/10_train.ipynb #772c228f
 def ema_decay_at(step: int, decay: float) -> float:
@@ -234,10 +266,11 @@ def clip_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict:
         warnings.simplefilter('ignore')          # MS-SSIM on small tiles: fewer scales, with a warning
         return {'psnr': float(psnr(pred, target)), 'ssim': float(ssim(pred, target)), 'ms_ssim': float(ms_ssim(pred, target))}
 
-def compare_metrics(pred: torch.Tensor, thick: torch.Tensor, target: torch.Tensor) -> dict:
-    "Metrics of `pred` and of linear z-interpolation of `thick` (suffix `_linear`) against `target`."
-    base = interpolate_clip(thick.float(), target.shape[2], 'linear')
-    return {**clip_metrics(pred, target), **{f'{k}_linear': v for k, v in clip_metrics(base, target).items()}}
+def compare_metrics(pred: torch.Tensor, thick: torch.Tensor, target: torch.Tensor, base: torch.Tensor | None = None) -> dict:
+    "Metrics of `pred`, of linear z-interpolation of `thick` (`_linear`) and of `base` (`_base`) against `target`."
+    lin = interpolate_clip(thick.float(), target.shape[2], 'linear')
+    out = {**clip_metrics(pred, target), **{f'{k}_linear': v for k, v in clip_metrics(lin, target).items()}}
+    return out | ({f'{k}_base': v for k, v in clip_metrics(base, target).items()} if base is not None else {})
 
 # %% ../nbs/10_train.ipynb #b07ae197
 def val_figure(thick: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, title: str = ''):
@@ -301,9 +334,13 @@ def restore(ckpt: dict, run: RunState, opt, scaler, d: Dist, seed: int):
 
 # %% ../nbs/10_train.ipynb #8ca8e65c
 def save_now(stage: Stage, cfg: Config, run: RunState, opt, scaler, d: Dist, is_best: bool):
-    "Build the checkpoint on every rank, write it on rank 0; remember the paths."
+    "Build the checkpoint on every rank (`NonFiniteError` for NaN/inf weights), write it with the run id on rank 0."
     ckpt, t = make_checkpoint(stage, cfg, run, opt, scaler, d), cfg.train
+    if bad := nonfinite_tensors(ckpt['models']):
+        raise NonFiniteError(f"{stage.name} step {run.step}: NaN/inf weights ({', '.join(bad[:3])}), not saved: "
+                             f"lower train.lr (now {t.lr:g}) or check the data; the last checkpoint is kept")
     if d.is_main:
+        ckpt['run_id'] = current_run_id(t.output_dir)
         paths = save_checkpoint(ckpt, Path(t.output_dir) / 'checkpoints', suffix=stage_suffix(stage.name, t.suffix),
                                 keep_last=t.keep_last, is_best=is_best)
         run.paths.update({k: str(v) for k, v in paths.items()})
@@ -357,11 +394,13 @@ def stage_summary(stage: Stage, cfg: Config, run: RunState) -> dict:
                 preempted=run.preempted, checkpoints={**paths, **run.paths}, scaling_factor=float(stage.scaling_factor))
 
 # %% ../nbs/10_train.ipynb #1b32601a
+_CLIP_KEYS = ('thin', 'thick', 'base', 'base_hu', 'residual')
+
 @dataclass
 class Data:
     "The train loader and the fixed validation batch."
     train: DataLoader
-    val: dict                      # {'thin': (V,1,T,H,W), 'thick': (V,1,Tk,H,W)}
+    val: dict                      # {'thin': (V,1,T,H,W), 'thick': (V,1,Tk,H,W)[, 'base', 'base_hu', 'residual']}
 
 def fixed_val_batch(loaders: dict, n: int) -> dict:
     "The first `n` clips of the validation split (else test, else train, with a warning), stacked."
@@ -369,7 +408,7 @@ def fixed_val_batch(loaders: dict, n: int) -> dict:
     if split is None: raise ValueError("no clips in any split: check data.root")
     if split != 'val': warnings.warn(f"validation split is empty: validating on {split!r} clips")
     ds = loaders[split].dataset; items = [ds[i] for i in range(min(n, len(ds)))]
-    return {k: torch.stack([it[k] for it in items]) for k in ('thin', 'thick')}
+    return {k: torch.stack([it[k] for it in items]) for k in _CLIP_KEYS if k in items[0]}
 
 def load_data(cfg: Config, d: Dist) -> Data:
     "`build_dataloaders` → the train loader and the fixed validation batch."
@@ -386,12 +425,12 @@ def recon_loss(recon: torch.Tensor, x: torch.Tensor, kind: str = 'l1', msssim_we
     return loss
 
 class VAELoss(nn.Module):
-    "Stage-1 loss module: batch → (reconstruction + KL (+ MS-SSIM) on thin and thick clips, logs)."
+    "Stage-1 loss module: batch → (reconstruction + KL (+ MS-SSIM) of the target clips, logs)."
     def __init__(self, vae: nn.Module, cfg: Config, device: torch.device):
         super().__init__(); self.vae, self.cfg, self.device = vae, cfg, device
     def forward(self, batch: dict):
         v, losses, logs = self.cfg.vae, [], {}
-        for key in ('thin', 'thick'):
+        for key in ('residual',) if self.cfg.formulation.target == 'residual' else ('thin', 'thick'):
             x = batch[key].to(self.device, non_blocking=True)
             recon, post = self.vae(x)
             rec, kl = recon_loss(recon.float(), x, self.cfg.train.recon_loss, v.msssim_weight), post.kl().mean()
@@ -400,64 +439,76 @@ class VAELoss(nn.Module):
 
 # %% ../nbs/10_train.ipynb #3f82f104
 @torch.no_grad()
-def validate_vae(vae: nn.Module, val: dict, device: torch.device) -> tuple[dict, object]:
-    "Posterior-mode reconstructions of the validation thin clips: metrics (and linear baseline), figure."
+def validate_vae(vae: nn.Module, val: dict, cfg: Config, device: torch.device) -> tuple[dict, object]:
+    "Posterior-mode reconstructions of the validation targets as clips: metrics (and baselines), figure."
     was_training = vae.training; vae.eval()
-    recon = vae(val['thin'].to(device), sample_posterior=False)[0].clamp(-1, 1).float().cpu()
+    recon = vae(model_target(val, cfg).to(device), sample_posterior=False)[0].float().cpu()
     vae.train(was_training)
-    return compare_metrics(recon, val['thick'], val['thin']), val_figure(val['thick'], recon, val['thin'], 'VAE reconstruction')
+    pred = clip_output(recon, val, cfg)
+    return (compare_metrics(pred, val['thick'], val['thin'], val.get('base')),
+            val_figure(val['thick'], pred, val['thin'], 'VAE reconstruction'))
 
 def vae_stage(cfg: Config, data: Data, d: Dist, ckpt: dict | None = None) -> Stage:
     "Stage 1: a VAE (from `ckpt` when resuming), its loss module and validation."
     vae = VAE(cfg.vae).to(d.device)
     if ckpt is not None: vae.load_state_dict(ckpt['models']['vae'])
-    return Stage('vae', VAELoss(vae, cfg, d.device), vae, lambda step: validate_vae(vae, data.val, d.device),
+    return Stage('vae', VAELoss(vae, cfg, d.device), vae, lambda step: validate_vae(vae, data.val, cfg, d.device),
                  lambda: {'vae': state_of(vae), 'unet': None, 'unet_ema': None}, cfg.train.vae_max_steps, cfg.vae.scaling_factor)
 
 # %% ../nbs/10_train.ipynb #8363181e
-@torch.no_grad()
-def encode_latents(vae: nn.Module, x: torch.Tensor, scale: float) -> torch.Tensor:
-    "Scaled posterior-mode latents of clips (B,1,T,H,W), in float32 (also under autocast)."
-    return vae.encode(x).mode().float() * scale
+def _latents_and_condition(loss_module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    "Scaled target latents and the condition of a batch of clips (or of cached latents)."
+    dev, s = loss_module.device, loss_module.scale
+    if 'z' in batch: return batch['z'].to(dev).float() * s, batch['cond'].to(dev).float()
+    x = model_target(batch, loss_module.cfg).to(dev, non_blocking=True)
+    return encode(loss_module.frozen[0], x, s), model_condition(batch, loss_module.cfg).to(dev, non_blocking=True)
 
 class DiffusionLoss(nn.Module):
     "Stage-2 loss module: batch (clips or cached latents) → (diffusion loss of the U-Net, logs)."
-    def __init__(self, unet: nn.Module, diffusion, vae: nn.Module, scale: float, device: torch.device):
-        super().__init__(); self.unet, self.diffusion, self.scale, self.device = unet, diffusion, scale, device
+    def __init__(self, unet: nn.Module, diffusion, vae: nn.Module, scale: float, cfg: Config, device: torch.device):
+        super().__init__(); self.unet, self.diffusion, self.scale, self.cfg, self.device = unet, diffusion, scale, cfg, device
         self.frozen = [vae]                          # a list: not a submodule, so outside DDP and the optimizer
     def forward(self, batch: dict):
-        if 'z_thin' in batch: z, cond = (batch[k].to(self.device).float() * self.scale for k in ('z_thin', 'z_thick'))
-        else: z, cond = (encode_latents(self.frozen[0], batch[k].to(self.device, non_blocking=True), self.scale) for k in ('thin', 'thick'))
+        z, cond = _latents_and_condition(self, batch)
         return self.diffusion.training_loss(self.unet, z, cond)
+
+class RegressionLoss(DiffusionLoss):
+    "Regression baseline: MSE of the U-Net's one-pass latent prediction at the fixed timestep."
+    def forward(self, batch: dict):
+        z, cond = _latents_and_condition(self, batch)
+        loss = F.mse_loss(regress(self.unet, self.diffusion, cond, z.shape).float(), z)
+        return loss, {'mse': loss.item()}
 
 # %% ../nbs/10_train.ipynb #a02e456b
 class LatentDataset(Dataset):
-    "Cached latents: items {'z_thin', 'z_thick'} (unscaled posterior modes, float16 on disk)."
+    "Cached latents: items {'z' (unscaled posterior modes), 'cond'}, float16 on disk."
     def __init__(self, path): self.z = torch.load(path, weights_only=True)
-    def __len__(self): return len(self.z['z_thin'])
+    def __len__(self): return len(self.z['z'])
     def __getitem__(self, i): return {k: v[i] for k, v in self.z.items()}
 
 @torch.no_grad()
-def cache_latents(vae: nn.Module, dataset, path, device: torch.device, batch_size: int = 2) -> Path:
-    "Encode one clip per item of `dataset` (thin and thick) into `path`, once."
+def cache_latents(vae: nn.Module, dataset, path, cfg: Config, device: torch.device, batch_size: int = 2) -> Path:
+    "Encode one clip per item of `dataset` (target latents and condition) into `path`, once."
     path = Path(path)
     if path.is_file(): return path
-    z = {'z_thin': [], 'z_thick': []}
+    z = {'z': [], 'cond': []}
     for b in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        for k in ('thin', 'thick'): z[f'z_{k}'].append(vae.encode(b[k].to(device)).mode().half().cpu())
+        z['z'].append(encode(vae, model_target(b, cfg).to(device), 1.0).half().cpu())
+        z['cond'].append(model_condition(b, cfg).half())
     return atomic_save({k: torch.cat(v) for k, v in z.items()}, path)
 
 # %% ../nbs/10_train.ipynb #e5a81857
 @torch.no_grad()
-def validate_diffusion(unet: nn.Module, diffusion, vae: nn.Module, scale: float, val: dict, cfg: Config, device) -> tuple[dict, object]:
-    "DDIM samples (fixed seed) from the validation thick clips: metrics vs truth and vs linear interpolation, figure."
-    thick, thin, steps = val['thick'], val['thin'], cfg.diffusion.ddim_steps
-    cond = encode_latents(vae, thick.to(device), scale)
-    shape = (thin.shape[0], cond.shape[1], thin.shape[2], *cond.shape[-2:])
+def validate_latent(unet: nn.Module, diffusion, vae: nn.Module, scale: float, val: dict, cfg: Config, device,
+                    regression: bool = False) -> tuple[dict, object]:
+    "One DDIM sample (fixed seed) or the regression of each validation clip: metrics vs truth and baselines, figure."
+    cond, steps = model_condition(val, cfg).to(device), cfg.diffusion.ddim_steps
+    shape = (cond.shape[0], cfg.vae.latent_channels, val['thin'].shape[2], *cond.shape[-2:])
     g = torch.Generator(device).manual_seed(cfg.train.seed)
-    z = sample(diffusion, unet, cond, shape, steps=steps, eta=cfg.diffusion.ddim_eta, generator=g, progress=False)
-    pred = vae.decode(z / scale).clamp(-1, 1).float().cpu()
-    return compare_metrics(pred, thick, thin), val_figure(thick, pred, thin, f'DDIM {steps} steps (EMA U-Net)')
+    z = predict_latents(unet, diffusion, cond, shape, regression=regression, steps=steps, eta=cfg.diffusion.ddim_eta, generator=g)
+    pred = clip_output(decode(vae, z[0], scale).cpu(), val, cfg)
+    title = 'regression (EMA U-Net)' if regression else f'DDIM {steps} steps (EMA U-Net)'
+    return compare_metrics(pred, val['thick'], val['thin'], val.get('base')), val_figure(val['thick'], pred, val['thin'], title)
 
 def find_vae_checkpoint(cfg: Config) -> Path:
     "The stage-1 checkpoint of this run: best by validation PSNR, else the newest valid one."
@@ -474,57 +525,107 @@ def frozen_vae(cfg: Config, vae_ckpt: dict, d: Dist) -> nn.Module:
     vae.load_state_dict(vae_ckpt['models']['vae'])
     return vae
 
-def training_latents_scale(vae: nn.Module, data: Data, d: Dist, n: int = 8) -> float:
-    "`measure_scaling_factor` on up to `n` training thin clips (rank 0's value on every rank)."
+def training_latents_scale(vae: nn.Module, data: Data, cfg: Config, d: Dist, n: int = 8) -> float:
+    "`measure_scaling_factor` on up to `n` training target clips (rank 0's value on every rank)."
     ds = data.train.dataset
-    clips = torch.stack([ds[i]['thin'] for i in range(min(n, len(ds)))])
+    clips = torch.stack([model_target(ds[i], cfg) for i in range(min(n, len(ds)))])
     return broadcast_float(measure_scaling_factor(vae, clips.split(data.train.batch_size)), d)
 
-def diffusion_stage(cfg: Config, data: Data, d: Dist, ckpt: dict | None = None, vae_ckpt: dict | None = None) -> Stage:
-    "Stage 2: frozen VAE, latent scale, U-Net + EMA (from `ckpt` when resuming), loss module and validation."
+def latent_stage(name: str, cfg: Config, data: Data, d: Dist, ckpt: dict | None = None, vae_ckpt: dict | None = None) -> Stage:
+    "Stage `diffusion` or `regression`: frozen VAE, latent scale, U-Net + EMA (resumed from `ckpt`), loss, validation."
     vae = frozen_vae(cfg, ckpt or vae_ckpt or load_checkpoint(find_vae_checkpoint(cfg)), d)
-    scale = ckpt['scaling_factor'] if ckpt else training_latents_scale(vae, data, d)
-    unet = UNet(cfg.unet, latent_channels=cfg.vae.latent_channels).to(d.device)
+    scale = ckpt['scaling_factor'] if ckpt else training_latents_scale(vae, data, cfg, d)
+    unet = build_unet(cfg).to(d.device)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     if ckpt: unet.load_state_dict(ckpt['models']['unet']); ema.load_state_dict(ckpt['models']['unet_ema'])
-    diffusion = GaussianDiffusion(cfg.diffusion)
-    diffusion = diffusion.to(d.device) if isinstance(diffusion, nn.Module) else diffusion
-    loss = DiffusionLoss(torch.compile(unet) if cfg.train.compile else unet, diffusion, vae, scale, d.device)
-    return Stage('diffusion', loss, unet, lambda step: validate_diffusion(ema, diffusion, vae, scale, data.val, cfg, d.device),
-                 lambda: {'vae': state_of(vae), 'unet': state_of(unet), 'unet_ema': state_of(ema)}, cfg.train.max_steps, scale, ema)
+    diffusion = GaussianDiffusion(cfg.diffusion).to(d.device)
+    reg = name == 'regression'
+    loss = (RegressionLoss if reg else DiffusionLoss)(torch.compile(unet) if cfg.train.compile else unet, diffusion, vae, scale,
+                                                     cfg, d.device)
+    steps = cfg.train.regression_max_steps if reg else cfg.train.max_steps
+    return Stage(name, loss, unet, lambda step: validate_latent(ema, diffusion, vae, scale, data.val, cfg, d.device, reg),
+                 lambda: {'vae': state_of(vae), 'unet': state_of(unet), 'unet_ema': state_of(ema)}, steps, scale, ema)
 
 # %% ../nbs/10_train.ipynb #f6947c18
 def diffusion_loader(stage: Stage, cfg: Config, data: Data, d: Dist) -> DataLoader:
     "The stage-2 train loader: clips, or cached latents with `train.cache_latents` (rank 0 encodes, all read)."
     if not cfg.train.cache_latents: return data.train
     path = Path(cfg.train.output_dir) / f'latents_{cfg.train.suffix}.pt'
-    if d.is_main: cache_latents(stage.loss_module.frozen[0], data.train.dataset, path, d.device, data.train.batch_size)
+    if d.is_main: cache_latents(stage.loss_module.frozen[0], data.train.dataset, path, cfg, d.device, data.train.batch_size)
     barrier(d)
     return DataLoader(LatentDataset(path), batch_size=data.train.batch_size, num_workers=0)
+
+# %% ../nbs/10_train.ipynb #bdc6d7e4
+_STEP_BUDGET = {'vae': 'vae_max_steps', 'diffusion': 'max_steps'}
+
+def _logged_after(line: str, stage: str, step: int) -> bool:
+    "Whether a metrics.jsonl line is of `stage` after `step`, or unreadable (cut short by a kill)."
+    try: r = json.loads(line)
+    except ValueError: return True
+    return not isinstance(r, dict) or (r.get('stage') == stage and r.get('step', 0) > step)
+
+def trim_metrics(out, stage: str, step: int) -> int:
+    "Drop the lines of `<out>/metrics.jsonl` logged for `stage` after `step` (atomically); how many were dropped."
+    p = Path(out) / 'metrics.jsonl'
+    if not p.is_file(): return 0
+    lines = p.read_text().splitlines(keepends=True)
+    keep = [l for l in lines if l.strip() and not _logged_after(l, stage, step)]
+    if len(keep) < len(lines): atomic_write_text(p, ''.join(keep))
+    return len(lines) - len(keep)
+
+def checked_resume(name: str, ckpt: dict | None, cfg: Config) -> dict | None:
+    "`ckpt` if stage `name` may resume from it (else `RunError`); on rank 0, drop the metrics logged after its step."
+    t, suffix = cfg.train, stage_suffix(name, cfg.train.suffix)
+    if ckpt is None and t.resume == 'none' and list_checkpoints(Path(t.output_dir) / 'checkpoints', suffix):
+        raise RunError(f"{t.output_dir}: train.resume=none, but the folder has {name} checkpoints: two trainings would "
+                       "mix; use another output folder, --force-new, or train.resume=auto")
+    budget = getattr(t, _STEP_BUDGET.get(name, ''), None)
+    if ckpt is not None and budget is not None and ckpt['step'] > budget:
+        key = _STEP_BUDGET[name]
+        raise RunError(f"{t.output_dir}: the {name} checkpoint is at step {ckpt['step']}, past train.{key}={budget}: "
+                       "it is another training; use another output folder or --force-new")
+    if int(os.environ.get('RANK', 0)) == 0: trim_metrics(t.output_dir, name, ckpt['step'] if ckpt else 0)
+    return ckpt
 
 # %% ../nbs/10_train.ipynb #ffdf726e
 def resume_for(name: str, cfg: Config) -> tuple[dict | None, dict | None]:
     "(checkpoint to resume stage `name` from, explicit stage-1 checkpoint for stage 2) as `train.resume` says."
-    t = cfg.train; ckdir = Path(t.output_dir) / 'checkpoints'
-    path = resolve_resume(t.resume, ckdir, stage_suffix(name, t.suffix))
+    t = cfg.train; ckdir = Path(t.output_dir) / 'checkpoints'; rid = current_run_id(t.output_dir)
+    path = resolve_resume(t.resume, ckdir, stage_suffix(name, t.suffix), rid)
     ckpt = load_checkpoint(path) if path else None
-    if ckpt is None or ckpt['stage'] == name: return ckpt, None
-    vae_ckpt = ckpt if (name, ckpt['stage'], t.stage) == ('diffusion', 'vae', 'diffusion') else None
-    path = resolve_resume('auto', ckdir, stage_suffix(name, t.suffix))     # a file of the other stage: ours decide
-    return (load_checkpoint(path) if path else None), vae_ckpt
+    if ckpt is None or ckpt['stage'] == name: return checked_resume(name, ckpt, cfg), None
+    vae_ckpt = ckpt if ckpt['stage'] == 'vae' and name == t.stage != 'vae' else None
+    path = resolve_resume('auto', ckdir, stage_suffix(name, t.suffix), rid)     # a file of the other stage: ours decide
+    return checked_resume(name, load_checkpoint(path) if path else None, cfg), vae_ckpt
 
 def train_stage(name: str, cfg: Config, data: Data, d: Dist, rl: RunLog) -> dict:
     "Build stage `name` (resuming when there is something to resume) and `fit` it."
     ckpt, vae_ckpt = resume_for(name, cfg)
-    seed_everything(cfg.train.seed + d.rank + (10007 if name == 'diffusion' else 0), deterministic=d.device.type == 'cpu')
+    offset = {'vae': 0, 'diffusion': 10007, 'regression': 20011}[name]
+    seed_everything(cfg.train.seed + d.rank + offset, deterministic=d.device.type == 'cpu')
     if ckpt is not None: rl.info(f"{name}: resuming at step {ckpt['step']} of {cfg.train.output_dir}")
     if name == 'vae': return fit(vae_stage(cfg, data, d, ckpt), cfg, data.train, d, rl, ckpt)
-    stage = diffusion_stage(cfg, data, d, ckpt, vae_ckpt)
+    stage = latent_stage(name, cfg, data, d, ckpt, vae_ckpt)
     return fit(stage, cfg, diffusion_loader(stage, cfg, data, d), d, rl, ckpt)
 
+# %% ../nbs/10_train.ipynb #dc03491f
+def claimed_run(train_fn: Callable) -> Callable:
+    "Decorate `train`: hold the output folder's lock (rank 0) and check its run identity (`open_run`) around it."
+    @functools.wraps(train_fn)
+    def run(cfg: Config, *, force_new: bool = False) -> dict:
+        d, out = setup_distributed(), cfg.train.output_dir
+        with folder_lock(out, 'v2v-train', active=d.is_main):
+            if d.is_main: open_run(out, cfg, force_new=force_new)
+            barrier(d)
+            return train_fn(cfg)
+    return run
+
 # %% ../nbs/10_train.ipynb #a7b49b2e
+STAGES = {'both': ['vae', 'diffusion'], 'all': ['vae', 'diffusion', 'regression']}
+
+@claimed_run
 def train(cfg: Config) -> dict:
-    "Train the stages `cfg.train.stage` names (`vae`, `diffusion` or `both`); a summary with steps, metrics, paths."
+    "Train the stages `cfg.train.stage` names (`vae`, `diffusion`, `regression`, `both`, `all`): steps, metrics, paths."
     d, t = setup_distributed(), cfg.train
     out = Path(t.output_dir); rl = RunLog(out, d.is_main)
     if d.is_main: save_config(cfg, out / 'config.yaml')
@@ -532,7 +633,7 @@ def train(cfg: Config) -> dict:
     summary = {'output_dir': str(out), 'metrics': str(out / 'metrics.jsonl'), 'figures': str(out / 'figures'), 'preempted': False}
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        for name in (['vae', 'diffusion'] if t.stage == 'both' else [t.stage]):
+        for name in STAGES.get(t.stage, [t.stage]):
             summary[name] = train_stage(name, cfg, data, d, rl)
             if summary[name]['preempted']: summary['preempted'] = True; break
     finally: rl.close(); torch.use_deterministic_algorithms(deterministic)
@@ -559,9 +660,11 @@ def train_parser() -> argparse.ArgumentParser:
     p.add_argument('--preset', choices=['tiny', 'v100', 'a100'], help='preset when no --config (default v100)')
     p.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE', help='override, repeatable')
     p.add_argument('--data-root'); p.add_argument('--output-dir')
-    p.add_argument('--stage', choices=['vae', 'diffusion', 'both'])
+    p.add_argument('--stage', choices=['vae', 'diffusion', 'regression', 'both', 'all'])
     p.add_argument('--max-steps', type=int, help='optimizer steps of each stage')
     p.add_argument('--resume', help="auto | none | PATH (default: the config's train.resume)")
+    p.add_argument('--force-new', action='store_true',
+                   help='start a new run in a used output folder (the old one moves to previous/)')
     return p
 
 def train_main(argv=None):
@@ -570,7 +673,7 @@ def train_main(argv=None):
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
     cfg = make_config(a.preset, a.set, config=a.config, data_root=a.data_root, output_dir=a.output_dir,
                       stage=a.stage, max_steps=a.max_steps, resume=a.resume)
-    summary = train(cfg)
+    summary = train(cfg, force_new=a.force_new)
     if int(os.environ.get('RANK', 0)) == 0: print(json.dumps(summary, indent=1, default=str))
     if dist.is_initialized(): dist.destroy_process_group()
     if summary['preempted']: raise SystemExit(143)        # 128 + SIGTERM: the job controller restarts and we resume

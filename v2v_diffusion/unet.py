@@ -43,15 +43,16 @@ def _check_unet_config(cfg: UNetConfig):
 
 # %% ../nbs/06_unet.ipynb #ec7473e9
 class UNet(nn.Module):
-    "ε/v-predictor: forward(x_t (B,C,T,h,w), t (B,), cond (B,C,Tc,h,w)) → (B,C,T,h,w), with C = `latent_channels`."
-    def __init__(self, cfg: UNetConfig, latent_channels: int = 4):
+    "ε/v-predictor: forward(x_t (B,C,T,h,w), t (B,), cond (B,Cc,Tc,h,w)) → (B,C,T,h,w); C = `latent_channels`."
+    def __init__(self, cfg: UNetConfig, latent_channels: int = 4, cond_channels: int | None = None):
         super().__init__()
         widths, mc, g = _check_unet_config(cfg), cfg.model_channels, cfg.norm_groups
         self.cfg, self.latent_channels, self.downsample = cfg, latent_channels, 2 ** (len(widths) - 1)
+        self.cond_channels = latent_channels if cond_channels is None else cond_channels
         self.time_embed = nn.Sequential(nn.Linear(mc, cfg.time_embed_dim), nn.SiLU(), nn.Linear(cfg.time_embed_dim, cfg.time_embed_dim))
         res = lambda ci, co: ResBlock(ci, co, groups=g, kt=3, emb_dim=cfg.time_embed_dim, dropout=cfg.dropout)
         attn = lambda c: SpaceTimeAttention(c, heads=cfg.num_heads, groups=g)
-        self.conv_in = conv3d(2 * latent_channels, mc, 3)
+        self.conv_in = conv3d(latent_channels + self.cond_channels, mc, 3)
         self.down, skips, c = nn.ModuleList(), [mc], mc
         for i, w in enumerate(widths):
             for _ in range(cfg.num_res_blocks):
@@ -79,10 +80,11 @@ UNet._zero_init = _zero_init
 # %% ../nbs/06_unet.ipynb #926cfd76
 def _check_inputs(self: UNet, x_t, t, cond):
     "Validate shapes; return t as a (B,) tensor on x_t's device."
-    C, f = self.latent_channels, self.downsample
+    C, Cc, f = self.latent_channels, self.cond_channels, self.downsample
     if x_t.ndim != 5 or x_t.shape[1] != C: raise ValueError(f"UNet: x_t must be (B,{C},T,h,w), got {tuple(x_t.shape)}")
-    if cond.ndim != 5 or cond.shape[1] != C or cond.shape[0] != x_t.shape[0] or cond.shape[-2:] != x_t.shape[-2:]:
-        raise ValueError(f"UNet: cond must be (B,{C},Tc,h,w) with x_t's B, h, w; got cond {tuple(cond.shape)}, x_t {tuple(x_t.shape)}")
+    if cond.ndim != 5 or cond.shape[1] != Cc or cond.shape[0] != x_t.shape[0] or cond.shape[-2:] != x_t.shape[-2:]:
+        raise ValueError(f"UNet: cond must be (B,{Cc},Tc,h,w) with x_t's B, h, w; "
+                         f"got cond {tuple(cond.shape)}, x_t {tuple(x_t.shape)}")
     if x_t.shape[-2] % f or x_t.shape[-1] % f:
         raise ValueError(f"UNet: latent h and w must be divisible by {f}, got h={x_t.shape[-2]}, w={x_t.shape[-1]}")
     t = torch.as_tensor(t, device=x_t.device)

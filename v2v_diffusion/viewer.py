@@ -4,9 +4,9 @@
 
 # %% ../nbs/12_viewer.ipynb #08a0080d
 from __future__ import annotations
-import base64, html, io
+import base64, html, io, json, os
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage, ImageDraw
@@ -19,12 +19,14 @@ from matplotlib.figure import Figure
 from .windowing import WINDOWS, Window, as_window, hu_to_unit
 
 # %% auto #0
-__all__ = ['ORIENTATIONS', 'AXIS_NAMES', 'DIFF_CMAP', 'METRIC_LABELS', 'UNTRAINED', 'ViewVolume', 'as_view_volume',
-           'nearest_index', 'slider_positions', 'extract_slice', 'pixel_aspect', 'window_to_uint8', 'difference_map',
-           'diff_to_rgb', 'to_png', 'from_png', 'one_torch_thread', 'slice_metrics', 'plane_metrics', 'MetricPlot',
-           'metric_plot', 'colorbar_png', 'SliceViewer', 'open_pipeline', 'describe_pipeline', 'project_path',
-           'open_case', 'at_model_resolution', 'reconstruct_volume', 'reconstruction_viewer', 'samples_viewer',
-           'metrics_table']
+__all__ = ['IDENTITY', 'ORIENTATIONS', 'AXIS_NAMES', 'LPS_LETTERS', 'SIDES', 'DIFF_CMAP', 'METRIC_LABELS', 'LETTER_HTML',
+           'LETTER_AT', 'UNTRAINED', 'DEMO_RUN', 'ViewVolume', 'with_geometry', 'as_view_volume', 'nearest_index',
+           'slider_positions', 'extract_slice', 'pixel_aspect', 'direction_letter', 'orientation_letters',
+           'window_to_uint8', 'difference_map', 'diff_to_rgb', 'to_png', 'from_png', 'one_torch_thread',
+           'slice_metrics', 'plane_metrics', 'MetricPlot', 'metric_plot', 'colorbar_png', 'SliceViewer',
+           'open_pipeline', 'describe_pipeline', 'project_root', 'project_path', 'has_diffusion_checkpoint',
+           'resolve_checkpoint', 'resolve_case', 'open_case', 'at_model_resolution', 'reconstruct_volume',
+           'reconstruction_viewer', 'uncertainty_view', 'samples_viewer', 'seed_table', 'metrics_table']
 
 # %% ../nbs/12_viewer.ipynb #00575221
 @dataclass
@@ -33,17 +35,30 @@ class ViewVolume:
     hu: np.ndarray
     z: np.ndarray
     spacing: tuple = (1.0, 1.0, 1.0)
+    origin: tuple | None = None          # patient x, y, z (LPS, mm) of voxel (0, 0, 0); None: unknown
+    orientation: tuple | None = None     # direction cosines of a row, then of a column (LPS); None: unknown (axial)
     def __post_init__(self):
         self.hu, self.z = np.asarray(self.hu, np.float32), np.asarray(self.z, np.float64)
         self.spacing = tuple(float(s) for s in self.spacing)
+        if self.origin is not None: self.origin = tuple(map(float, self.origin))
+        if self.orientation is not None: self.orientation = tuple(map(float, self.orientation))
         if self.hu.ndim != 3: raise ValueError(f"ViewVolume needs hu of shape (Z, Y, X), got {self.hu.shape}")
         if len(self.z) != len(self.hu): raise ValueError(f"{len(self.hu)} slices but {len(self.z)} z positions")
         if np.any(np.diff(self.z) <= 0): raise ValueError("z positions must be strictly ascending")
 
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)      # rows along +x (to the patient's left), columns along +y (posterior)
+
+def with_geometry(vol: ViewVolume, like: ViewVolume) -> ViewVolume:
+    "`vol` with the patient origin and orientation of `like` when it has none of its own and the same in-plane shape."
+    if vol.origin is not None or like.origin is None or vol.hu.shape[1:] != like.hu.shape[1:]: return vol
+    return replace(vol, origin=like.origin, orientation=like.orientation)
+
 def as_view_volume(v) -> ViewVolume:
     "A `ViewVolume` from a `dicom.Volume` (anything with `.hu`, `.z`, `.spacing`), a `(hu, z[, spacing])` tuple or a bare array (1 mm slices)."
     if isinstance(v, ViewVolume): return v
-    if hasattr(v, 'hu') and hasattr(v, 'z'): return ViewVolume(v.hu, v.z, getattr(v, 'spacing', (1.0, 1.0, 1.0)))
+    if hasattr(v, 'hu') and hasattr(v, 'z'):
+        geometry = {k: getattr(v, k) for k in ('spacing', 'origin', 'orientation') if getattr(v, k, None) is not None}
+        return ViewVolume(v.hu, v.z, **geometry)
     if isinstance(v, tuple): return ViewVolume(*v)
     a = np.asarray(v)
     return ViewVolume(a, np.arange(len(a), dtype=np.float64))
@@ -62,11 +77,14 @@ def nearest_index(positions, pos):
     return int(i) if i.ndim == 0 else i
 
 def slider_positions(vol: ViewVolume, orientation: str = 'axial') -> np.ndarray:
-    "The mm positions a slider steps through: `vol.z` (axial), row (coronal) or column (sagittal) offsets."
+    "Patient positions (mm) a slider steps through: `vol.z` (axial), each row's y (coronal) or column's x (sagittal)."
     _check_orientation(orientation)
     if orientation == 'axial': return vol.z
     ax = 1 if orientation == 'coronal' else 2
-    return np.arange(vol.hu.shape[ax]) * vol.spacing[ax]
+    cosines, origin = vol.orientation or IDENTITY, vol.origin or (0.0, 0.0, 0.0)
+    d = np.asarray(cosines[3:] if ax == 1 else cosines[:3])                  # rows step along the column direction
+    i = int(np.abs(d).argmax())
+    return origin[i] + np.arange(vol.hu.shape[ax]) * vol.spacing[ax] * d[i]
 
 # %% ../nbs/12_viewer.ipynb #33d246f1
 def extract_slice(vol: ViewVolume, pos: float, orientation: str = 'axial', z_grid=None) -> np.ndarray:
@@ -82,6 +100,26 @@ def pixel_aspect(vol: ViewVolume, orientation: str = 'axial', dz: float | None =
     _check_orientation(orientation)
     dz = dz or vol.spacing[0]
     return {'axial': vol.spacing[1] / vol.spacing[2], 'coronal': dz / vol.spacing[2], 'sagittal': dz / vol.spacing[1]}[orientation]
+
+# %% ../nbs/12_viewer.ipynb #c1df4c80
+LPS_LETTERS = (('R', 'L'), ('A', 'P'), ('I', 'S'))     # patient x, y, z: (negative end, positive end)
+SIDES = ('top', 'left', 'right', 'bottom')
+
+def direction_letter(d) -> str:
+    "The patient side a direction (LPS) points to, by its dominant axis: 'L'/'R', 'P'/'A' or 'S'/'I'."
+    d = np.asarray(d, np.float64)
+    i = int(np.abs(d).argmax())
+    return LPS_LETTERS[i][int(d[i] > 0)]
+
+def orientation_letters(vol: ViewVolume, orientation: str = 'axial') -> dict:
+    "The patient side at each edge of a displayed plane: {'top', 'left', 'right', 'bottom'} → letter."
+    _check_orientation(orientation)
+    cosines = vol.orientation or IDENTITY
+    row, col = np.asarray(cosines[:3]), np.asarray(cosines[3:])
+    across = col if orientation == 'sagittal' else row          # what grows to the right of the screen
+    up = -col if orientation == 'axial' else np.cross(row, col)  # coronal/sagittal: z (the slice normal) up
+    return dict(top=direction_letter(up), left=direction_letter(-across), right=direction_letter(across),
+                bottom=direction_letter(-up))
 
 # %% ../nbs/12_viewer.ipynb #c66f2d41
 DIFF_CMAP = 'RdBu_r'
@@ -196,9 +234,10 @@ class _ViewerData:
         "The HU plane of volume `name` at the current slider position and orientation."
         return extract_slice(self.volumes[name], self.slider.value, self.orientation.value, self.grid.z)
     def comparable(self, name: str) -> bool:
-        "Whether `name` can be compared with the reference (another volume of the same in-plane shape)."
+        "Whether `name` can be compared with the reference (another image of the same in-plane shape, not a std map)."
         r = self.reference
-        return r is not None and name != r and self.volumes[name].hu.shape[1:] == self.volumes[r].hu.shape[1:]
+        return (r is not None and name != r and not name.startswith('uncertainty')
+                and self.volumes[name].hu.shape[1:] == self.volumes[r].hu.shape[1:])
     def curve(self, name: str, metric: str) -> np.ndarray:
         "Per-slice `metric` of `name` against the reference on the reference's z grid; computed once, cached."
         if (name, metric) not in self._metrics:
@@ -232,18 +271,29 @@ class _ViewerControls:
         self.center = W.FloatText(value=window.center, description='center', step=10, layout=L(width='150px'))
         self.width = W.BoundedFloatText(value=window.width, min=1, max=10000, step=10, description='width', layout=L(width='150px'))
         self.diff = W.ToggleButton(value=False, description='difference', tooltip='signed difference to the reference, in HU')
+        self.compare = W.Dropdown(description='compare with', style={'description_width': 'initial'},
+                                  layout=L(width='300px'))
         self.diff_range = W.BoundedFloatText(value=diff_limit, min=1, max=5000, step=10, description='± HU', layout=L(width='150px'))
         self.metric = W.Dropdown(options=list(METRIC_LABELS), description='metric', layout=L(width='160px'))
         self.export_path = W.Text(value='viewer.png', description='PNG file', layout=L(width='320px'))
         self.export_button, self.status = W.Button(description='export PNG'), W.HTML()
         self.images = {n: W.Image(format='png', layout=L(width=f'{panel_width}px')) for n in self.volumes}
-        self.labels = {n: W.HTML(layout=L(width=f'{panel_width}px')) for n in self.volumes}
+        self.labels = {n: W.HTML(layout=L(width=f'{panel_width + 28}px')) for n in self.volumes}
+        self.sides = {n: {s: W.HTML(layout=L(width='14px' if s in ('left', 'right') else f'{panel_width + 28}px'))
+                          for s in SIDES} for n in self.volumes}
         self.colorbar, self.plot = W.Image(format='png', layout=L(display='none')), W.Image(format='png')
-        panels = [W.VBox([self.labels[n], self.images[n]]) for n in self.volumes]
+        panels = [self._panel(n) for n in self.volumes]
         self.widget = W.VBox([self.title, W.HBox([self.orientation, self.preset, self.center, self.width]),
-                              W.HBox([self.play, self.slider, self.diff, self.diff_range]),
+                              W.HBox([self.play, self.slider, self.diff, self.diff_range, self.compare]),
                               W.HBox([*panels, self.colorbar], layout=L(flex_flow='row wrap')),
                               W.HBox([self.metric, self.plot]), W.HBox([self.export_path, self.export_button, self.status])])
+    def _panel(self, name: str):
+        "Label, then the image framed by the orientation letters of its four edges."
+        s = self.sides[name]
+        row = widgets.HBox([s['left'], self.images[name], s['right']], layout=widgets.Layout(align_items='center'))
+        box = widgets.VBox([self.labels[name], s['top'], row, s['bottom']])
+        box.add_class('v2v-panel')
+        return box
 
 # %% ../nbs/12_viewer.ipynb #e8652dfe
 class _ViewerWiring:
@@ -251,7 +301,7 @@ class _ViewerWiring:
     def _wire(self):
         self.slider.observe(self._on_slider, 'value'); self.play.observe(self._on_play, 'value')
         self.orientation.observe(lambda _: self._set_orientation(), 'value')
-        self.preset.observe(self._on_preset, 'value')
+        self.preset.observe(self._on_preset, 'value'); self.compare.observe(self._on_compare, 'value')
         for w in (self.center, self.width): w.observe(self._on_window, 'value')
         for w in (self.diff, self.diff_range, self.metric): w.observe(lambda _: self.render(), 'value')
         self.export_button.on_click(self._on_export)
@@ -272,6 +322,11 @@ class _ViewerWiring:
     def _on_preset(self, change):
         if self._suspend or change.new == 'custom': return
         with self._hold(): self.center.value, self.width.value = WINDOWS[change.new].center, WINDOWS[change.new].width
+    def _on_compare(self, change):
+        "A new reference for differences and metrics: cached metrics and plots are for the old one."
+        if self._suspend or change.new is None: return
+        self.reference, self._metrics, self._plots = change.new, {}, {}
+        self.render()
     def _on_window(self, change):
         if self._suspend: return
         with self._hold(): self.preset.value = next((k for k, w in WINDOWS.items() if w == self.window), 'custom')
@@ -291,6 +346,8 @@ class _ViewerPlot:
         return self._plots[k]
 
 # %% ../nbs/12_viewer.ipynb #53c7d2a7
+LETTER_HTML = '<div style="text-align:center;font-weight:bold;color:#b8860b">{}</div>'
+
 class _ViewerRender:
     "Drawing: panels as PNG bytes, labels, the colour bar and the metric plot."
     def render(self):
@@ -305,6 +362,8 @@ class _ViewerRender:
             self.current[name] = (img, pixel_aspect(vol, o, self.grid_dz))
             self.images[name].value = to_png(*self.current[name])
             self.labels[name].value = self.label_html(name)
+            for side, letter in orientation_letters(vol, o).items():
+                self.sides[name][side].value = LETTER_HTML.format(letter)
         if diff and self._cb_limit != self.diff_range.value:
             self._cb_limit = self.diff_range.value; self.colorbar.value = colorbar_png(self._cb_limit)
         self.colorbar.layout.display = '' if diff else 'none'
@@ -317,6 +376,15 @@ class _ViewerRender:
                 f'<br><span style="color:#555">{" · ".join(rest[1:]) or "&nbsp;"}</span></div>')
 
 # %% ../nbs/12_viewer.ipynb #de1bf2c5
+LETTER_AT = {'top': (0.5, 0.98, 'center', 'top'), 'bottom': (0.5, 0.02, 'center', 'bottom'),
+             'left': (0.02, 0.5, 'left', 'center'), 'right': (0.98, 0.5, 'right', 'center')}
+
+def _draw_letters(ax, letters: dict):
+    "Orientation letters inside the edges of an image axes."
+    for side, (x, y, ha, va) in LETTER_AT.items():
+        ax.text(x, y, letters[side], transform=ax.transAxes, ha=ha, va=va, color='#ffd700', fontsize=8,
+                fontweight='bold')
+
 class _ViewerFigure:
     "The current view as a matplotlib figure (no pyplot state)."
     def figure(self, dpi: int = 100) -> Figure:
@@ -329,6 +397,7 @@ class _ViewerFigure:
             img, aspect = self.current[n]
             ax.imshow(img, cmap='gray', vmin=0, vmax=255, aspect=aspect, interpolation='nearest'); ax.set_axis_off()
             ax.set_title(self.label_text(n).replace(' · ', '\n', 1).replace(' · ', ', '), fontsize=7)
+            _draw_letters(ax, orientation_letters(self.volumes[n], self.orientation.value))
         if self.diff.value: fig.colorbar(ScalarMappable(Normalize(-self.diff_range.value, self.diff_range.value), DIFF_CMAP), ax=axs, shrink=0.7, label='Δ HU (volume − reference)')
         if plot:
             ax, k = fig.add_subplot(gs[1, :]), self.metric.value
@@ -336,8 +405,8 @@ class _ViewerFigure:
                 if self.comparable(n): ax.plot(self.grid.z, np.where(np.isfinite(self.curve(n, k)), self.curve(n, k), np.nan), lw=1, label=n)
             if self.orientation.value == 'axial': ax.axvline(self.slider.value, color='C3', lw=1)
             ax.set_xlabel('z (mm)'); ax.set_ylabel(METRIC_LABELS[k]); ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1, 1)); ax.grid(alpha=.3)
-        w = self.window
-        fig.suptitle(f"{self.title_text + ' · ' if self.title_text else ''}{self.orientation.value} · window {w.center:g}/{w.width:g}", fontsize=9)
+        head = f"{self.title_text} · " if self.title_text else ''
+        fig.suptitle(f"{head}{self.orientation.value} · {self.window_text}", fontsize=9)
         return fig
 
 # %% ../nbs/12_viewer.ipynb #618b8e37
@@ -373,21 +442,34 @@ class SliceViewer(_ViewerData, _ViewerControls, _ViewerWiring, _ViewerPlot, _Vie
         _check_orientation(orientation)
         self.reference, self.metric_window, self.show_metrics, self.title_text = reference, metric_window, metrics, title
         self.grid = self.volumes[reference] if reference else max(self.volumes.values(), key=lambda v: len(v.z))
+        self.volumes = {n: with_geometry(v, self.grid) for n, v in self.volumes.items()}
         self.grid_dz = float(np.median(np.diff(self.grid.z))) if len(self.grid.z) > 1 else self.grid.spacing[0]
         self._metrics, self._plots, self._suspend, self._cb_limit, self.current = {}, {}, 0, None, {}
         self._build_controls(as_window(window), diff_limit, orientation, panel_width, title)
         self.export_path.value = str(export_path)
+        self._set_compare_options()
         self._wire(); self._set_orientation()
     @property
     def window(self) -> Window: return Window(self.center.value, self.width.value)
+    @property
+    def window_text(self) -> str:
+        "The display window, named: 'window seed (C 200 / W 1800)', or 'custom'."
+        return f"window {self.preset.value} (C {self.center.value:g} / W {self.width.value:g})"
+    def _set_compare_options(self):
+        "Volumes that can serve as the reference: those on the reference's z grid with its in-plane shape."
+        g = self.grid
+        ok = [n for n, v in self.volumes.items() if v.hu.shape == g.hu.shape and np.allclose(v.z, g.z)]
+        self.compare.options, self.compare.value = ok, self.reference
+        self.compare.layout.display = '' if self.reference and len(ok) > 1 else 'none'
     def _set_orientation(self):
         "Range the slider over the new axis (in mm) and go to its middle."
         self.positions = p = slider_positions(self.grid, self.orientation.value)
         with self._hold():
             s, mid = self.slider, len(p) // 2
-            s.max, s.min = max(s.max, float(p[-1])), min(s.min, float(p[0]))    # widen first: min <= max at every step
-            s.min, s.max = float(p[0]), float(p[-1])
-            s.step = float(np.median(np.diff(p))) if len(p) > 1 else 1.0
+            lo, hi = float(p.min()), float(p.max())                            # positions may run downwards
+            s.max, s.min = max(s.max, hi), min(s.min, lo)                        # widen first: min <= max at every step
+            s.min, s.max = lo, hi
+            s.step = float(np.abs(np.median(np.diff(p)))) if len(p) > 1 else 1.0
             s.description = f'{AXIS_NAMES[self.orientation.value]} (mm)'
             s.value, self.play.max, self.play.value = float(p[mid]), len(p) - 1, mid
 
@@ -398,17 +480,17 @@ UNTRAINED = "UNTRAINED pipeline: random weights of the '{}' preset (checkpoint='
 def open_pipeline(checkpoint: str = '', preset: str = 'tiny', seed: int = 0):
     "`checkpoint.load_pipeline(checkpoint)`; with an empty `checkpoint`, an untrained `preset` pipeline with random weights (and a loud warning)."
     from v2v_diffusion.checkpoint import load_pipeline, Pipeline
-    if checkpoint: return load_pipeline(checkpoint)
+    if checkpoint: return load_pipeline(project_path(checkpoint))
     import torch
     from v2v_diffusion.config import get_config
     from v2v_diffusion.vae import VAE
-    from v2v_diffusion.unet import UNet
+    from v2v_diffusion.formulation import build_unet
     from v2v_diffusion.diffusion import GaussianDiffusion
     warnings.warn(UNTRAINED.format(preset), stacklevel=2)
     cfg = get_config(preset)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        vae, unet = VAE(cfg.vae), UNet(cfg.unet, latent_channels=cfg.vae.latent_channels)
+        vae, unet = VAE(cfg.vae), build_unet(cfg)
     for m in (vae, unet): m.eval().requires_grad_(False)
     return Pipeline(cfg, vae, unet, GaussianDiffusion(cfg.diffusion), cfg.vae.scaling_factor, None, 'untrained')
 
@@ -419,11 +501,46 @@ def describe_pipeline(p) -> str:
     return f"{src}; clips {d.n_frames}×{d.height}×{d.width}, window {d.window_center:g}/{d.window_width:g}, latent scale {p.scaling_factor:.4g}"
 
 # %% ../nbs/12_viewer.ipynb #302ba67e
+def project_root(start=None) -> Path | None:
+    "The project's root (holding `settings.ini` and `nbs/`): `start` (default: the working directory) or a parent."
+    here = Path.cwd() if start is None else Path(start).resolve()
+    return next((d for d in (here, *here.parents) if (d / 'settings.ini').is_file() and (d / 'nbs').is_dir()), None)
+
 def project_path(p) -> Path:
-    "`p` itself, or — for a relative path that does not exist here while running inside the project's `nbs/` folder — `p` under the project root."
-    p, cwd = Path(p), Path.cwd()
-    if p.is_absolute() or p.exists() or (cwd / 'settings.ini').exists() or not (cwd.parent / 'settings.ini').exists(): return p
-    return cwd.parent / p
+    "A relative `p` under the project root when running inside the project (root, `nbs/` or below); else `p` as is."
+    p, root = Path(p), project_root()
+    return p if p.is_absolute() or root is None else root / p
+
+# %% ../nbs/12_viewer.ipynb #10f6e1f7
+DEMO_RUN = 'runs/demo/train'          # where `make demo` trains
+
+def has_diffusion_checkpoint(run_dir) -> bool:
+    "Whether the run folder `run_dir` (or its `checkpoints/`) holds a stage-2 (diffusion) checkpoint."
+    from v2v_diffusion.checkpoint import list_checkpoints, parse_checkpoint_name
+    d = Path(run_dir)
+    d = d / 'checkpoints' if (d / 'checkpoints').is_dir() else d
+    return any(not parse_checkpoint_name(f.name)['suffix'].startswith('vae_') for f in list_checkpoints(d))
+
+def resolve_checkpoint(checkpoint: str = 'auto', demo_run=DEMO_RUN) -> str:
+    "'auto': the demo run when it has a diffusion checkpoint (not under nbdev_test), else ''; a path: `project_path`."
+    if checkpoint != 'auto': return str(project_path(checkpoint)) if checkpoint else ''
+    d = project_path(demo_run)
+    return str(d) if not os.environ.get('IN_TEST') and has_diffusion_checkpoint(d) else ''
+
+def _held_out_case(cfg) -> str:
+    "The first test case of the run's saved splits (`<cache_dir>/splits.json`), or ''."
+    f = project_path(cfg.data.cache_dir) / 'splits.json' if cfg.data.cache_dir else None
+    test = json.loads(f.read_text()).get('test', []) if f and f.is_file() else []
+    return test[0] if test else ''
+
+def resolve_case(pipeline, data_root: str = 'auto', case_id: str = 'auto') -> tuple[Path, str]:
+    "'auto' root: what the pipeline was trained on (else data_samples); 'auto' case: its held-out test case (else the first)."
+    trained = getattr(pipeline, 'path', None) is not None
+    own = project_path(pipeline.cfg.data.root) if trained else None
+    auto_root = own if own is not None and own.is_dir() else project_path('data_samples')
+    root = auto_root if data_root == 'auto' else project_path(data_root)
+    if case_id != 'auto': return root, case_id
+    return root, _held_out_case(pipeline.cfg) if root == own else ''
 
 # %% ../nbs/12_viewer.ipynb #ff4604cf
 def open_case(data_root, case_id: str = ''):
@@ -454,16 +571,13 @@ def at_model_resolution(vol, cfg) -> ViewVolume:
     vol = as_view_volume(vol); x, w = _unit(vol, cfg)
     return _back(x, vol, w)
 
-def reconstruct_volume(pipeline, vol, *, overlap: int | None = None, batch_size: int | None = None, progress: bool = False) -> ViewVolume:
-    "VAE decode(encode(·)) of a whole HU volume, window by window along z (blended), back at its own size."
-    import torch
-    from v2v_diffusion.inference import sliding_window_z, vae_reconstruct
-    vol, cfg = as_view_volume(vol), pipeline.cfg
-    x, w = _unit(vol, cfg); T, Z = cfg.data.n_frames, len(vol.z)
-    if Z < T: x = torch.cat([x, x[-1:].expand(T - Z, -1, -1)])          # repeat the last slice up to one window
-    fn = lambda starts: vae_reconstruct(pipeline, torch.stack([x[s:s + T] for s in starts])[:, None])
-    out = sliding_window_z(fn, len(x), T, cfg.infer.overlap if overlap is None else overlap, batch_size or cfg.infer.batch_size, progress, desc='VAE windows')
-    return _back(out[0, :Z], vol, w)
+def reconstruct_volume(pipeline, vol, thick=None, *, overlap: int | None = None, batch_size: int | None = None,
+                       progress: bool = False) -> ViewVolume:
+    "The VAE's reconstruction of a whole HU volume (through its residual on `thick`'s base), as a ViewVolume."
+    from v2v_diffusion.inference import reconstruct_volume as reconstruct
+    v = reconstruct(pipeline, vol, thick, overlap=overlap, batch_size=batch_size, progress=progress)
+    return ViewVolume(v.hu, v.z, v.spacing)
+
 
 # %% ../nbs/12_viewer.ipynb #5a97e8be
 def _title(pipeline, case, what: str) -> str:
@@ -474,22 +588,42 @@ def reconstruction_viewer(pipeline, case, **kw) -> SliceViewer:
     "Thin input vs its VAE reconstruction (and the input at the model's size), compared with the input."
     thin = as_view_volume(case.thin); H, W = pipeline.cfg.data.height, pipeline.cfg.data.width
     vols = {'input (thin)': thin, f'input at {H}×{W}': at_model_resolution(thin, pipeline.cfg),
-            'VAE reconstruction': reconstruct_volume(pipeline, thin)}
+            'VAE reconstruction': reconstruct_volume(pipeline, case.thin, case.thick)}
     return SliceViewer(vols, reference='input (thin)', title=_title(pipeline, case, 'VAE reconstruction'), **kw)
 
+def uncertainty_view(std, window: Window) -> ViewVolume:
+    "The per-voxel std (HU) shown in the display window: 0 HU black, the 99.9th percentile white."
+    top = max(float(np.percentile(std.hu, 99.9)), 1e-6)
+    return ViewVolume(window.low + np.clip(std.hu / top, 0, 1) * window.width, std.z, std.spacing)
+
 def samples_viewer(pipeline, case, seeds=(0, 1), *, steps: int | None = None, baselines=('linear', 'cubic'), **kw) -> SliceViewer:
-    "Thick input, thin volumes generated with each DDIM seed, z-interpolation baselines and the ground truth."
-    from v2v_diffusion.inference import infer_volume
+    "Thick input, the posterior mean, one sample a seed, the uncertainty, interpolation baselines and the truth."
+    from v2v_diffusion.inference import infer_posterior
     from v2v_diffusion.metrics import interpolate_z
     thin, vols = as_view_volume(case.thin), {'thick input': case.thick}
-    for s in seeds: vols[f'generated (seed {s})'] = infer_volume(pipeline, case.thick, steps=steps, seed=s, thin_z=thin.z, progress=False)
+    posts = {s: infer_posterior(pipeline, case.thick, steps=steps, seed=s, thin_z=thin.z, progress=False) for s in seeds}
+    first = posts[seeds[0]]
+    vols[f'model (mean of {first.num_samples})'] = first.mean
+    for s, post in posts.items(): vols[f'generated (seed {s})'] = post.sample
+    w = Window(pipeline.cfg.data.window_center, pipeline.cfg.data.window_width)
+    vols[f'uncertainty (std, 0–{np.percentile(first.std.hu, 99.9):.0f} HU)'] = uncertainty_view(first.std, w)
     for m in baselines: vols[f'{m} interpolation'] = ViewVolume(interpolate_z(case.thick.hu, case.thick.z, thin.z, m), thin.z, thin.spacing)
     vols['ground truth'] = thin
     return SliceViewer(vols, reference='ground truth', title=_title(pipeline, case, 'Generated vs ground truth'), **kw)
 
+def seed_table(viewer: SliceViewer, prefix: str = 'generated (seed ') -> str:
+    "Markdown table: how far each generated volume is from the first seed's, in HU (mean and 99th percentile |Δ|)."
+    from v2v_diffusion.report import md_table
+    names = [n for n in viewer.volumes if n.startswith(prefix)]
+    if len(names) < 2: return ''
+    first = viewer.volumes[names[0]].hu
+    d = {n: np.abs(viewer.volumes[n].hu - first) for n in names[1:]}
+    rows = [['volume', f'mean abs. Δ HU to {names[0]}', '99th percentile abs. Δ HU']]
+    return md_table(rows + [[n, f'{v.mean():.1f}', f'{np.percentile(v, 99):.1f}'] for n, v in d.items()])
+
 def metrics_table(viewer: SliceViewer, metrics=('psnr', 'ssim')) -> str:
-    "Markdown table of each volume's mean per-slice metrics against the viewer's reference."
-    from v2v_diffusion.inference import md_table
-    rows = [['volume', *(METRIC_LABELS.get(m, m) for m in metrics)]]
+    "Markdown table of each volume's mean per-slice metrics against the viewer's reference (not whole-volume ones)."
+    from v2v_diffusion.report import md_table
+    rows = [['volume', *(f'mean per-slice {METRIC_LABELS.get(m, m)}' for m in metrics)]]
     rows += [[n, *(f'{np.mean(viewer.curve(n, m)):.4g}' for m in metrics)] for n in viewer.volumes if viewer.comparable(n)]
     return md_table(rows)

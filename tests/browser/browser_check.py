@@ -1,6 +1,9 @@
 """Open a viewer notebook in JupyterLab in headless Chromium, run it, drive the widget, take a screenshot.
 
     .venv/bin/python tests/browser/browser_check.py [--notebook tests/browser/viewer_demo.ipynb] [--out docs/viewer.png]
+    .venv/bin/python tests/browser/browser_check.py --notebook nbs/22_compare_samples.ipynb --out docs/viewer_22.png
+
+The notebooks 21 and 22 open the `make demo` run by default: run `make demo` first.
 
 Needs Debian's chromium (`apt-get install -y chromium chromium-driver`) and Playwright from PyPI
 (`pip install playwright`; never `playwright install`: we drive the system browser, offline). JupyterLab runs
@@ -56,8 +59,8 @@ def label(page, i: int) -> str:
     return page.locator('.widget-html-content').nth(i).inner_text()
 
 
-def drive(page, url: str, out: Path, shots: Path) -> dict:
-    "Run all cells, check the viewer renders, move the slider with the keyboard, toggle differences, screenshot."
+def run_all(page, url: str):
+    "Open the notebook at `url`, run every cell and wait until a viewer image is on the page."
     page.goto(url)
     page.wait_for_selector('.jp-Notebook', timeout=90_000)
     page.wait_for_function("[...document.querySelectorAll('.jp-StatusBar-TextItem')].some(e => /\\| Idle/.test(e.innerText))", timeout=90_000)
@@ -67,11 +70,75 @@ def drive(page, url: str, out: Path, shots: Path) -> dict:
     for i in range(n): page.keyboard.press('Shift+Enter' if i < n - 1 else 'Control+Enter'); time.sleep(0.2)   # no new cell at the end
     page.wait_for_function("[...document.querySelectorAll('.jp-InputPrompt')].some(e => /\\[\\d+\\]/.test(e.innerText))", timeout=90_000)
     page.wait_for_selector('img.widget-image', timeout=int(os.environ.get('V2V_BROWSER_TIMEOUT_MS', 180_000)))
+
+
+def changed(locator, before: str, what: str, tries: int = 60):
+    "Wait until the `src` of image `locator` differs from `before`."
+    for _ in range(tries):
+        if locator.get_attribute('src') != before: return
+        time.sleep(0.5)
+    raise AssertionError(f'{what}: the image did not change')
+
+
+def drive_compare(page, url: str, out: Path, shots: Path) -> dict:
+    "Notebook 21 or 22 on the demo run: move the slider, switch the window preset, screenshot; figures must change."
+    run_all(page, url)
+    page.wait_for_function("[...document.querySelectorAll('.widget-html-content')].some(e => e.innerText.includes('PSNR'))", timeout=120_000)
+    ref = page.locator('.widget-html-content', has_text='reference').first
+    panel = page.locator('.v2v-panel', has=ref)
+    img = panel.locator('img.widget-image').first
+    title = page.locator('.widget-html-content', has_text='case').first.inner_text()
+    before, src0 = ref.inner_text(), img.get_attribute('src')
+    handle = page.locator('.noUi-handle').first
+    handle.focus()
+    for _ in range(3): handle.press('ArrowRight')                   # three slices on
+    page.wait_for_function("(b) => ![...document.querySelectorAll('.widget-html-content')].some(e => e.innerText === b)", arg=before, timeout=30_000)
+    changed(img, src0, 'slider')
+    after, src1 = ref.inner_text(), img.get_attribute('src')
+    page.locator('.widget-dropdown', has_text='window').locator('select').select_option('lung')
+    changed(img, src1, 'window preset lung')
+    center_box = page.locator('.widget-text', has_text='center').locator('input').first
+    for _ in range(40):                                              # the centre field follows the preset
+        if center_box.input_value() == '-600': break
+        time.sleep(0.25)
+    center = center_box.input_value()
+    time.sleep(1.0)
+    widget = page.locator('.jp-OutputArea-output', has=page.locator('img.widget-image')).first
+    widget.scroll_into_view_if_needed()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    widget.screenshot(path=str(out))
+    page.screenshot(path=str(shots / f'page_{out.stem}.png'), full_page=True)
+    res = dict(title=title, label_before=before, label_after=after, center=center)
+    if page.locator('.widget-html-content', has_text='generated (seed 1)').count():
+        res['seed_difference'] = seed_differences(page, widget, out.with_name(f'{out.stem}_seeds.png'))
+    return res
+
+
+def seed_differences(page, widget, out: Path) -> float:
+    "Compare with seed 0 and show differences at ±20 HU; the share of coloured pixels in seed 1's panel."
+    from v2v_diffusion.viewer import from_png
+    seed1 = page.locator('.v2v-panel', has=page.locator('.widget-html-content', has_text='generated (seed 1)'))
+    img = seed1.locator('img.widget-image').first
+    page.locator('.widget-dropdown', has_text='compare with').locator('select').select_option('generated (seed 0)')
+    page.locator('.widget-text', has_text='± HU').locator('input').first.fill('20')
+    page.keyboard.press('Enter')
+    src = img.get_attribute('src')
+    page.locator('button.widget-toggle-button', has_text='difference').click()
+    changed(img, src, 'difference to seed 0')
+    time.sleep(1.0)
+    widget.screenshot(path=str(out))
+    rgb = from_png(img.screenshot())[..., :3].astype(int)                 # what the page shows of seed 1
+    return float((abs(rgb[..., 0] - rgb[..., 2]) > 40).mean())
+
+
+def drive(page, url: str, out: Path, shots: Path) -> dict:
+    "Run all cells, check the viewer renders, move the slider with the keyboard, toggle differences, screenshot."
+    run_all(page, url)
     page.wait_for_function("document.querySelectorAll('img.widget-image').length >= 4", timeout=60_000)
     page.wait_for_function("[...document.querySelectorAll('.widget-html-content')].some(e => e.innerText.includes('PSNR'))", timeout=60_000)
     page.screenshot(path=str(shots / 'page_initial.png'), full_page=True)
     gt = page.locator('.widget-html-content', has_text='reference').first
-    gt_img = page.locator('.widget-vbox', has=gt).filter(has_not=page.locator('.widget-hbox')).locator('img.widget-image').first
+    gt_img = page.locator('.v2v-panel', has=gt).locator('img.widget-image').first
     before, img_before = gt.inner_text(), gt_img.get_attribute('src')
     handle = page.locator('.noUi-handle').first                     # the z slider (ipywidgets 8 uses noUiSlider)
     handle.focus()
@@ -116,14 +183,15 @@ def main(argv=None) -> dict:
                 ctx = pw.chromium.launch_persistent_context(str(tmp / 'chromium-profile'), executable_path=CHROMIUM, headless=True,
                                                             args=FLAGS, viewport={'width': 1500, 'height': 1100})
                 page = ctx.new_page()
-                try: res = drive(page, f'http://127.0.0.1:{port}/lab/tree/{a.notebook}?token={token}', Path(a.out), shots)
+                fn = drive if a.notebook.startswith('tests/browser/') else drive_compare
+                try: res = fn(page, f'http://127.0.0.1:{port}/lab/tree/{a.notebook}?token={token}', Path(a.out), shots)
                 except Exception:
                     page.screenshot(path=str(shots / 'page_failed.png'), full_page=True)
                     (shots / 'page_failed.html').write_text(page.content())
                     raise
                 finally: ctx.close()
         finally: stop(lab)
-    print(f"viewer rendered and reacted: {res['label_before']!r} -> {res['label_after']!r}; screenshot {a.out}")
+    print(f"viewer rendered and reacted: {res['label_before']!r} -> {res['label_after']!r}; screenshot {a.out}", flush=True)
     return res
 
 
