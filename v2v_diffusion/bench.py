@@ -19,17 +19,18 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 # %% auto #0
-__all__ = ['QUICK', 'MONAI_MODULES', 'SEED_PARAMS_M', 'PEAK_TFLOPS', 'TRAIN_COLUMNS', 'SPEED_VARIANTS', 'GPU_COLUMNS', 'GB',
-           'MEMORY_COLUMNS', 'GPU_CHECK_MARK', 'SECTIONS', 'time_fn', 'PeakMemory', 'tensor_peak_mb', 'compare',
-           'machine_info', 'fmt', 'md_table', 'Section', 'BenchSizes', 'bench_configs', 'missing', 'monai_vae',
-           'monai_unet', 'time_preserving', 'seed_models', 'bench_params', 'vae_loss', 'unet_loss', 'vae_inputs',
-           'unet_inputs', 'fake_mode', 'step_flops', 'peak_tflops', 'bench_flops', 'train_step', 'bench_train',
-           'bench_equal_work', 'bench_speed', 'synthetic_case_zip', 'case_zips', 'bare_pydicom_decode', 'our_decode',
-           'bench_ingest', 'bench_cache', 'ZeroModel', 'n_windows', 'bench_pipeline', 'thick_volume', 'bench_ddim',
-           'amp_train_step', 'largest_batch', 'get_config_with', 'bench_gpu', 'zero_scalars', 'LivePeak', 'step_batch',
-           'stage_objects', 'stage_step', 'step_peak_bytes', 'largest_fitting_batch', 'bench_memory', 'eval_volumes',
-           'bench_eval', 'memory_agreement', 'gpu_check', 'targets', 'render_report', 'write_report',
-           'append_gpu_check', 'run_sections', 'bench_main', 'run_gpu_check']
+__all__ = ['QUICK', 'MONAI_MODULES', 'SEED_PARAMS_M', 'PEAK_TFLOPS', 'TRAIN_COLUMNS', 'SPEED_VARIANTS', 'GPU_COLUMNS',
+           'STEP_STAGES', 'GB', 'MEMORY_COLUMNS', 'GPU_CHECK_MARK', 'SECTIONS', 'time_fn', 'PeakMemory',
+           'tensor_peak_mb', 'compare', 'machine_info', 'fmt', 'md_table', 'Section', 'BenchSizes', 'bench_configs',
+           'missing', 'monai_vae', 'monai_unet', 'time_preserving', 'seed_models', 'bench_params', 'vae_loss',
+           'unet_loss', 'vae_inputs', 'unet_inputs', 'fake_mode', 'step_flops', 'peak_tflops', 'bench_flops',
+           'train_step', 'bench_train', 'bench_equal_work', 'bench_speed', 'synthetic_case_zip', 'case_zips',
+           'bare_pydicom_decode', 'our_decode', 'bench_ingest', 'bench_cache', 'ZeroModel', 'n_windows',
+           'bench_pipeline', 'thick_volume', 'bench_ddim', 'amp_train_step', 'largest_batch', 'get_config_with',
+           'bench_gpu', 'fake_scalars', 'LivePeak', 'step_batch', 'stage_objects', 'stage_step', 'step_peak_bytes',
+           'largest_fitting_batch', 'bench_memory', 'eval_volumes', 'bench_eval', 'memory_agreement', 'gpu_check',
+           'targets', 'render_report', 'write_report', 'append_gpu_check', 'run_sections', 'bench_main',
+           'run_gpu_check']
 
 # %% ../nbs/14_bench.ipynb #b042aaa6
 def _sync(device='cpu'):
@@ -808,13 +809,15 @@ def bench_gpu(cfg=None, *, device='cuda', precisions=('fp16', 'bf16'), repeat:in
 
 # %% ../nbs/14_bench.ipynb #359603d0
 @contextmanager
-def zero_scalars():
-    "`.item()` and `float()` of any tensor give 0.0 inside (fake tensors hold no values to log); restored on exit."
-    saved = torch.Tensor.item, torch.Tensor.__float__
+def fake_scalars():
+    "Inside, `.item()` and `float()` give 0.0 (fake tensors hold no values) and every training step counts as finite."
+    from v2v_diffusion import train
+    saved = torch.Tensor.item, torch.Tensor.__float__, train.step_is_finite
     torch.Tensor.item = lambda self: 0.0
     torch.Tensor.__float__ = lambda self: 0.0
+    train.step_is_finite = lambda loss, grad_norm: True     # its flag would read 0.0: no optimizer step, no AdamW state
     try: yield
-    finally: torch.Tensor.item, torch.Tensor.__float__ = saved
+    finally: torch.Tensor.item, torch.Tensor.__float__, train.step_is_finite = saved
 
 class LivePeak(TorchDispatchMode):
     "Peak bytes of live tensor storages: those passed to `track` and every one an op creates or resizes under the mode."
@@ -852,29 +855,35 @@ class LivePeak(TorchDispatchMode):
 
 # %% ../nbs/14_bench.ipynb #30a3e302
 def step_batch(cfg, *, device='cpu') -> dict:
-    "A training batch of stage 1 and 2 at `cfg.data`: thin (B,1,T,H,W) and thick clips (native or resampled frames)."
+    "A training batch at `cfg.data` with `ClipDataset`'s keys: thin, thick clips, base (unit and HU) and residual."
     from v2v_diffusion.data import native_thick_frames
-    d = cfg.data
+    from v2v_diffusion.windowing import hu_to_unit
+    d, w = cfg.data, (cfg.data.window_center, cfg.data.window_width)
     Tk = native_thick_frames(d.n_frames) if d.thick_mode == 'native' else d.n_frames
     g = torch.Generator().manual_seed(0)
-    clip = lambda T: (torch.rand(d.batch_size, 1, T, d.height, d.width, generator=g) * 2 - 1).to(device)
-    return {'thin': clip(d.n_frames), 'thick': clip(Tk)}
+    hu = lambda T: (torch.rand(d.batch_size, 1, T, d.height, d.width, generator=g) * 2000 - 1000).to(device)
+    thin_hu, base_hu = hu(d.n_frames), hu(d.n_frames)
+    return dict(thin=hu_to_unit(thin_hu, w), thick=hu_to_unit(hu(Tk), w), base=hu_to_unit(base_hu, w), base_hu=base_hu,
+                residual=(thin_hu - base_hu) / cfg.formulation.residual_hu)
+
+STEP_STAGES = ('vae', 'diffusion', 'regression')
 
 def stage_objects(cfg, stage: str, *, device='cpu') -> tuple:
-    "(loss module, trained net, other live modules) of training stage 'vae' or 'diffusion' as `train` builds them."
-    from v2v_diffusion.train import VAELoss, DiffusionLoss
+    "(loss module, trained net, other live modules) of training stage `stage` (`STEP_STAGES`) as `train` builds them."
+    from v2v_diffusion.train import VAELoss, DiffusionLoss, RegressionLoss
     from v2v_diffusion.vae import VAE
-    from v2v_diffusion.unet import UNet
+    from v2v_diffusion.formulation import build_unet
     from v2v_diffusion.diffusion import GaussianDiffusion
     dev = torch.device(device)
     with dev:                                        # built in place: `.to()` cannot swap fake parameters
         if stage == 'vae':
             vae = VAE(cfg.vae)
             return VAELoss(vae, cfg, dev), vae, []
-        vae = VAE(cfg.vae).eval().requires_grad_(False)
-        unet = UNet(cfg.unet, latent_channels=cfg.vae.latent_channels)
-        ema = UNet(cfg.unet, latent_channels=cfg.vae.latent_channels).eval().requires_grad_(False)  # deepcopy leaves fake mode
-        return DiffusionLoss(unet, GaussianDiffusion(cfg.diffusion), vae, 1.0, dev), unet, [vae, ema]
+        vae, unet = VAE(cfg.vae).eval().requires_grad_(False), build_unet(cfg)
+        ema = build_unet(cfg).eval().requires_grad_(False)          # deepcopy leaves fake mode
+        loss = (RegressionLoss if stage == 'regression' else DiffusionLoss)(unet, GaussianDiffusion(cfg.diffusion), vae,
+                                                                           1.0, cfg, dev)
+        return loss, unet, [vae, ema]
 
 def stage_step(cfg, stage: str, *, precision: str = 'fp16', accum: int = 2, steps: int = 2, device='cpu') -> tuple:
     "(zero-argument fn running `steps` real optimizer steps of `accum` micro-batches, objects alive before it)."
@@ -896,7 +905,7 @@ def step_peak_bytes(cfg, stage: str, *, precision: str = 'fp16', fake: bool = Tr
     "Peak live-tensor bytes of `stage_step` at `cfg`: on fake tensors (no compute, any size) or really on the CPU."
     with FakeTensorMode() if fake else nullcontext():
         run, live = stage_step(cfg, stage, precision=precision, **kw)
-        with LivePeak().track(*live[:-1]) as lp, zero_scalars() if fake else nullcontext(): run()
+        with LivePeak().track(*live[:-1]) as lp, fake_scalars() if fake else nullcontext(): run()
     return lp.peak
 
 # %% ../nbs/14_bench.ipynb #d5427e2e
