@@ -19,13 +19,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 # %% auto #0
-__all__ = ['QUICK', 'MONAI_MODULES', 'SEED_PARAMS_M', 'PEAK_TFLOPS', 'TRAIN_COLUMNS', 'SPEED_VARIANTS', 'GPU_COLUMNS',
-           'STEP_STAGES', 'GB', 'MEMORY_COLUMNS', 'GPU_CHECK_MARK', 'SECTIONS', 'time_fn', 'PeakMemory',
+__all__ = ['QUICK', 'MONAI_MODULES', 'SEED_PARAMS_M', 'PEAK_TFLOPS', 'TRAIN_COLUMNS', 'OP_GROUPS', 'SPEED_VARIANTS',
+           'GPU_COLUMNS', 'STEP_STAGES', 'GB', 'MEMORY_COLUMNS', 'GPU_CHECK_MARK', 'SECTIONS', 'time_fn', 'PeakMemory',
            'tensor_peak_mb', 'compare', 'machine_info', 'fmt', 'md_table', 'Section', 'BenchSizes', 'bench_configs',
            'missing', 'monai_vae', 'monai_unet', 'time_preserving', 'seed_models', 'bench_params', 'vae_loss',
            'unet_loss', 'vae_inputs', 'unet_inputs', 'fake_mode', 'step_flops', 'peak_tflops', 'bench_flops',
-           'train_step', 'bench_train', 'bench_equal_work', 'bench_speed', 'synthetic_case_zip', 'case_zips',
-           'bare_pydicom_decode', 'our_decode', 'bench_ingest', 'bench_cache', 'ZeroModel', 'n_windows',
+           'train_step', 'bench_train', 'time_shares', 'bench_equal_work', 'bench_speed', 'synthetic_case_zip',
+           'case_zips', 'bare_pydicom_decode', 'our_decode', 'bench_ingest', 'bench_cache', 'ZeroModel', 'n_windows',
            'bench_pipeline', 'thick_volume', 'bench_ddim', 'amp_train_step', 'largest_batch', 'get_config_with',
            'bench_gpu', 'fake_scalars', 'LivePeak', 'step_batch', 'stage_objects', 'stage_step', 'step_peak_bytes',
            'largest_fitting_batch', 'bench_memory', 'eval_volumes', 'bench_eval', 'memory_agreement', 'gpu_check',
@@ -210,11 +210,11 @@ def monai_vae(cfg):
                          latent_channels=cfg.latent_channels, norm_num_groups=cfg.norm_groups,
                          with_encoder_nonlocal_attn=True, with_decoder_nonlocal_attn=True, use_flash_attention=True)
 
-def monai_unet(cfg, latent_channels:int=4):
-    "MONAI `DiffusionModelUNet` (3D) closest to our `UNetConfig`; input is noisy latent ⊕ condition."
+def monai_unet(cfg, latent_channels:int=4, cond_channels:int|None=None):
+    "MONAI `DiffusionModelUNet` (3D) closest to our `UNetConfig`; input is noisy latent ⊕ condition (default: latent-wide)."
     from monai.networks.nets import DiffusionModelUNet
     widths = tuple(cfg.model_channels * m for m in cfg.channel_mult)
-    return DiffusionModelUNet(spatial_dims=3, in_channels=2 * latent_channels, out_channels=latent_channels, channels=widths,
+    return DiffusionModelUNet(spatial_dims=3, in_channels=latent_channels + (cond_channels or latent_channels), out_channels=latent_channels, channels=widths,
                               num_res_blocks=cfg.num_res_blocks, attention_levels=tuple(i in cfg.attention_levels for i in range(len(widths))),
                               norm_num_groups=cfg.norm_groups, num_head_channels=tuple(w // cfg.num_heads for w in widths),
                               use_flash_attention=True)
@@ -237,11 +237,12 @@ def seed_models(cfg=None, *, device='meta'):
     "{name: (ours, MONAI or None)} for 'VAE' and 'U-Net' at `cfg` (default: the seed's `v100` preset); `device='fake'`: under `fake_mode()`."
     from v2v_diffusion.config import get_config
     from v2v_diffusion.vae import VAE
-    from v2v_diffusion.unet import UNet
+    from v2v_diffusion.formulation import build_unet, vae_factor
     cfg = cfg or get_config('v100'); has_monai = missing(*MONAI_MODULES) is None
+    lc, cc = cfg.vae.latent_channels, vae_factor(cfg) ** 2                 # the condition: the base, space-to-depth
     with (nullcontext() if device == 'fake' else torch.device(device)):
         return {'VAE': (VAE(cfg.vae), monai_vae(cfg.vae) if has_monai else None),
-                'U-Net': (UNet(cfg.unet, latent_channels=cfg.vae.latent_channels), monai_unet(cfg.unet, cfg.vae.latent_channels) if has_monai else None)}
+                'U-Net': (build_unet(cfg), monai_unet(cfg.unet, lc, cc) if has_monai else None)}
 
 SEED_PARAMS_M = {'VAE': 43.1, 'U-Net': 264.6, 'total': 307.7}
 
@@ -280,10 +281,11 @@ def vae_inputs(B, T, H, W, *, device='cpu', dtype=torch.float32, seed=0) -> tupl
     g = torch.Generator().manual_seed(seed)
     return ((torch.rand(B, 1, T, H, W, generator=g) * 2 - 1).to(device, dtype),)
 
-def unet_inputs(B, T, h, w, *, Tc=None, latent=4, device='cpu', dtype=torch.float32, seed=0) -> tuple:
-    "(x_t (B,4,T,h,w), t (B,), cond (B,4,Tc,h,w), noise (B,4,T,h,w))."
+def unet_inputs(B, T, h, w, *, Tc=None, latent=4, cond=None, device='cpu', dtype=torch.float32, seed=0) -> tuple:
+    "(x_t (B,latent,T,h,w), t (B,), cond (B,cond,Tc,h,w) (default `latent` channels), noise (B,latent,T,h,w))."
     g = torch.Generator().manual_seed(seed); r = lambda *s: torch.randn(*s, generator=g).to(device, dtype)
-    return r(B, latent, T, h, w), torch.randint(0, 1000, (B,), generator=g).to(device), r(B, latent, Tc or T, h, w), r(B, latent, T, h, w)
+    x, t, c = r(B, latent, T, h, w), torch.randint(0, 1000, (B,), generator=g).to(device), r(B, cond or latent, Tc or T, h, w)
+    return x, t, c, r(B, latent, T, h, w)
 
 def _meta(args): return tuple(a.to('meta') for a in args)
 
@@ -322,7 +324,7 @@ def bench_flops(cfg=None, *, Tc=None) -> Section:
     with fake_mode():
         for name, (ours, mon) in seed_models(cfg, device='fake').items():
             B, C, T, H, W = shapes[name]
-            args = vae_inputs(B, T, H, W) if name == 'VAE' else unet_inputs(B, T, H, W, Tc=Tc, latent=C)
+            args = vae_inputs(B, T, H, W) if name == 'VAE' else unet_inputs(B, T, H, W, Tc=Tc, latent=C, cond=ours.cond_channels)
             loss = (lambda m, **k: vae_loss(m, *args, **k)) if name == 'VAE' else (lambda m, **k: unet_loss(m, *args, **k))
             fo = step_flops(lambda: loss(ours)); fm = step_flops(lambda: loss(mon, monai=True)) if mon else None
             rows.append(dict(model=name, input=f'{tuple(shapes[name])}', fwd=fo['forward'] / 1e12, step=fo['step'] / 1e12,
@@ -399,43 +401,74 @@ def _fwd_bwd(model, loss):
         for p in model.parameters(): p.grad = None
     return step
 
+OP_GROUPS = {'conv': ('aten::convolution', 'aten::convolution_backward'),
+             'norm': ('aten::native_group_norm', 'aten::native_group_norm_backward'),
+             'attn': ('aten::_scaled_dot_product_flash_attention_for_cpu',
+                      'aten::_scaled_dot_product_flash_attention_for_cpu_backward')}
+
+def time_shares(step) -> dict:
+    "Shares of one profiled call of `step`'s CPU time spent in each of `OP_GROUPS` (ops with their children)."
+    from torch.profiler import profile, ProfilerActivity
+    with profile(activities=[ProfilerActivity.CPU]) as prof: step()
+    ev = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in ev)
+    return {k: sum(e.cpu_time_total for e in ev if e.key in names) / total for k, names in OP_GROUPS.items()}
+
+def _equal_rows(name, build, build_m, args, loss, sizes, threads) -> list:
+    "Rows of one net vs its peer, timed interleaved at each of `threads` torch threads."
+    from v2v_diffusion.vae import count_parameters
+    torch.manual_seed(0)
+    ours, peer, rows, saved = build(), build_m(), [], torch.get_num_threads()
+    fo, fp = _fake_flops(build, args, loss), _fake_flops(build_m, args, loss, monai=True)
+    shares = time_shares(_fwd_bwd(ours, lambda m: loss(m, *args)))
+    for n in threads:
+        torch.set_num_threads(n)
+        try: res = compare({'ours': _fwd_bwd(ours, lambda m: loss(m, *args)),
+                            'peer': _fwd_bwd(peer, lambda m: loss(m, *args, monai=True))},
+                           warmup=sizes.warmup, repeat=sizes.equal_repeat)
+        finally: torch.set_num_threads(saved)
+        o, p = res['ours']['median_s'], res['peer']['median_s']
+        rows.append(dict(model=name, input=str(tuple(args[0].shape)), params_ours=count_parameters(ours) / 1e6,
+                         params_peer=count_parameters(peer) / 1e6, gflop_ours=fo / 1e9, gflop_peer=fp / 1e9,
+                         ours_s=o, peer_s=p, ratio=o / p, work_ratio=fo / fp, repeat=res['ours']['repeat'], threads=n,
+                         **{f'{k}_share': v for k, v in shares.items()}))
+    return rows
+
 def bench_equal_work(sizes: BenchSizes, cfg=None) -> Section:
     "Ours vs time-preserving MONAI peers, fwd+bwd at the seed channel config (or `cfg`), interleaved: ratio ours/peer."
     title = 'Equal work: ours vs time-preserving MONAI peers'
     if (note := missing('v2v_diffusion.vae', 'v2v_diffusion.unet', *MONAI_MODULES)):
         return Section(title, notes=[f'not measured: {note}. Install the bench extra: `pip install -e .[bench]`.'])
     from v2v_diffusion.config import get_config
-    from v2v_diffusion.vae import VAE, count_parameters
-    from v2v_diffusion.unet import UNet
+    from v2v_diffusion.vae import VAE
+    from v2v_diffusion.formulation import build_unet, vae_factor
     cfg = cfg or get_config('v100')
     vc, uc = (replace(c, grad_checkpointing=False) for c in (cfg.vae, cfg.unet))       # the peers have none
+    ec, cc = replace(cfg, vae=vc, unet=uc), vae_factor(cfg) ** 2
     B, T, H, W = sizes.equal_clip
     b, t, h, w = sizes.equal_latent
+    threads = sorted({torch.get_num_threads(), 1}, reverse=True)       # 1 thread too: robust on a loaded machine
     rows = []
-    for name, build, build_m, args, loss in (
-            ('VAE', lambda: VAE(vc), lambda: time_preserving(monai_vae(vc)), vae_inputs(B, T, H, W), vae_loss),
-            ('U-Net', lambda: UNet(uc, latent_channels=vc.latent_channels),
-             lambda: time_preserving(monai_unet(uc, vc.latent_channels)), unet_inputs(b, t, h, w), unet_loss)):
-        torch.manual_seed(0)
-        ours, peer = build(), build_m()
-        res = compare({'ours': _fwd_bwd(ours, lambda m: loss(m, *args)), 'peer': _fwd_bwd(peer, lambda m: loss(m, *args, monai=True))},
-                      warmup=sizes.warmup, repeat=sizes.equal_repeat)
-        fo, fp = _fake_flops(build, args, loss), _fake_flops(build_m, args, loss, monai=True)
-        o, p = res['ours']['median_s'], res['peer']['median_s']
-        rows.append(dict(model=name, input=str(tuple(args[0].shape)), params_ours=count_parameters(ours) / 1e6,
-                         params_peer=count_parameters(peer) / 1e6, gflop_ours=fo / 1e9, gflop_peer=fp / 1e9,
-                         ours_s=o, peer_s=p, ratio=o / p, work_ratio=fo / fp, repeat=res['ours']['repeat'],
-                         threads=torch.get_num_threads()))
-        del ours, peer; gc.collect()
+    for net in (('VAE', lambda: VAE(vc), lambda: time_preserving(monai_vae(vc)), vae_inputs(B, T, H, W), vae_loss),
+                ('U-Net', lambda: build_unet(ec), lambda: time_preserving(monai_unet(uc, vc.latent_channels, cc)),
+                 unet_inputs(b, t, h, w, latent=vc.latent_channels, cond=cc), unet_loss)):
+        rows += _equal_rows(*net, sizes, threads)
+        gc.collect()
     notes = ['Ratio = ours / peer median fwd+bwd time (target ≤ 0.80: ours ≥ 25 % faster at equal work). '
              '"work ours/peer": FLOPs ratio; the peers keep MONAI\'s block layout (full 3D attention at the attention levels, '
              'its VAE\'s extra res blocks around the bottleneck attention), so the work is equal in pattern, not to the FLOP. '
              'Gradient checkpointing is off in ours (the seed turns it on for memory): it recomputes every block\'s forward '
-             'in the backward, work the peers do not do (it made ours/peer 1.33 instead of ~1.1 for the U-Net).']
+             'in the backward, work the peers do not do (it made ours/peer 1.33 instead of ~1.1 for the U-Net). '
+             'The U-Net is `build_unet`\'s: its input is the noisy latent ⊕ the base space-to-depth '
+             f'({cc} channels), and the peer takes the same concatenation. Each net is timed at the bench\'s thread count and '
+             'at 1 thread: on a shared, loaded machine the 2-thread figure mostly measures the contention. '
+             '"ours … share": torch.profiler over one fwd+bwd of ours, CPU time in convolutions (forward and backward), '
+             'GroupNorm and attention; fp32, so no casts.']
     return Section(title, rows, {'model': 'model', 'input': 'input (B,C,T,H,W)', 'params_ours': 'ours params (M)',
                                  'params_peer': 'peer params (M)', 'gflop_ours': 'ours GFLOP', 'gflop_peer': 'peer GFLOP',
                                  'work_ratio': 'work ours/peer', 'ours_s': 'ours s', 'peer_s': 'peer s', 'ratio': 'ratio ours/peer',
-                                 'repeat': 'N', 'threads': 'threads'}, notes)
+                                 'repeat': 'N', 'threads': 'threads', 'conv_share': 'ours conv share',
+                                 'norm_share': 'ours norm share', 'attn_share': 'ours attention share'}, notes)
 
 # %% ../nbs/14_bench.ipynb #f9b58415
 SPEED_VARIANTS = ('baseline', 'fused AdamW', 'channels_last_3d', 'bf16 autocast', 'grad checkpointing')
@@ -1056,6 +1089,12 @@ def _monai_why(sections, model):
     return (f"ours does {r['gflop_ours'] / r['gflop_monai']:.2f}× MONAI's FLOPs a step (T kept at every level, by design; MONAI halves it "
             f"with H, W) at {r['gflops_ours'] / r['gflops_monai']:.2f}× its GFLOP/s")
 
+def _equal_why(sections, model) -> str:
+    "Work ratio of the equal-work row at the bench's threads, and the ratio at 1 thread when that was timed too."
+    r, one = _row(sections, 'equal', model=model), _row(sections, 'equal', model=model, threads=1)
+    why = f"work ours/peer {r['work_ratio']:.2f} (FLOPs); convolutions {r['conv_share']:.0%} of our time"
+    return why + (f"; at 1 thread {one['ratio']:.2f}" if one is not None and one is not r else '')
+
 def targets(sections:dict) -> Section:
     "The issue's targets, evaluated on the measured sections, with what explains each figure."
     g = lambda r, k: None if r is None else r.get(k)
@@ -1064,7 +1103,7 @@ def targets(sections:dict) -> Section:
     ingest_why = ('lowest over the datasets; the bare decode only returns stored values, ours also checks entries, parses geometry, '
                   'sorts by z, rescales to HU into the volume') if ingest is not None else ''
     eq = lambda m: g(_row(sections, 'equal', model=m), 'ratio')
-    eq_why = lambda m: (f"work ours/peer {_row(sections, 'equal', model=m)['work_ratio']:.2f} (FLOPs)" if eq(m) is not None else '')
+    eq_why = lambda m: _equal_why(sections, m) if eq(m) is not None else ''
     checks = [('U-Net ≥ 25 % faster than its time-preserving MONAI peer (ratio ≤ 0.80, fwd+bwd, seed channels)', eq('U-Net'),
                lambda v: v <= 0.8, lambda v: f'ratio {v:.2f}', eq_why('U-Net')),
               ('VAE ≥ 25 % faster than its time-preserving MONAI peer (ratio ≤ 0.80, fwd+bwd, seed channels)', eq('VAE'),
