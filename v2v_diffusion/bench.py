@@ -214,7 +214,8 @@ def monai_unet(cfg, latent_channels:int=4, cond_channels:int|None=None):
     "MONAI `DiffusionModelUNet` (3D) closest to our `UNetConfig`; input is noisy latent ⊕ condition (default: latent-wide)."
     from monai.networks.nets import DiffusionModelUNet
     widths = tuple(cfg.model_channels * m for m in cfg.channel_mult)
-    return DiffusionModelUNet(spatial_dims=3, in_channels=latent_channels + (cond_channels or latent_channels), out_channels=latent_channels, channels=widths,
+    c_in = latent_channels + (cond_channels or latent_channels)
+    return DiffusionModelUNet(spatial_dims=3, in_channels=c_in, out_channels=latent_channels, channels=widths,
                               num_res_blocks=cfg.num_res_blocks, attention_levels=tuple(i in cfg.attention_levels for i in range(len(widths))),
                               norm_num_groups=cfg.norm_groups, num_head_channels=tuple(w // cfg.num_heads for w in widths),
                               use_flash_attention=True)
@@ -717,10 +718,12 @@ def _volume_row(sizes, device):
 def _seed_cpu_row(device='cpu'):
     "One DDIM step of the seed-config U-Net (batch 2, 24 frames, 32² latents) on this machine: the CPU floor of inference."
     from v2v_diffusion.config import get_config
-    from v2v_diffusion.unet import UNet
+    from v2v_diffusion.formulation import build_unet, vae_factor
     cfg = get_config('v100'); torch.manual_seed(0)
-    unet = UNet(cfg.unet, latent_channels=cfg.vae.latent_channels).to(device).eval()
-    x, t, cond, _ = unet_inputs(2, cfg.data.n_frames, cfg.data.height // 8, cfg.data.width // 8, device=device)
+    unet, f = build_unet(cfg).to(device).eval(), vae_factor(cfg)
+    d = cfg.data
+    x, t, cond, _ = unet_inputs(2, d.n_frames, d.height // f, d.width // f, latent=cfg.vae.latent_channels,
+                                cond=unet.cond_channels, device=device)
     with torch.no_grad(): r = time_fn(lambda: unet(x, t, cond), warmup=1, repeat=1, device=device)
     nb = math.ceil(n_windows(300, cfg.data.n_frames, cfg.infer.overlap) / cfg.infer.batch_size)
     return dict(what=f'seed U-Net, one step (300-slice volume = {nb} batches × {cfg.diffusion.ddim_steps} steps ≈ '
@@ -773,10 +776,12 @@ def largest_batch(try_batch, *, start:int=2, limit:int=64) -> int:
 def _gpu_net(name, cfg, B, device, flops=True):
     "(model, loss_fn(model), meta-FLOPs of one step at batch `B`) for 'VAE' or 'U-Net' at `cfg` (checkpointing as `cfg` says)."
     from v2v_diffusion.vae import VAE
-    from v2v_diffusion.unet import UNet
-    d = cfg.data; f = 2 ** (len(cfg.vae.channels) - 1)
+    from v2v_diffusion.formulation import build_unet, vae_factor
+    d, f, lc = cfg.data, vae_factor(cfg), cfg.vae.latent_channels
     if name == 'VAE': build, args, loss = (lambda: VAE(cfg.vae)), vae_inputs(B, d.n_frames, d.height, d.width, device=device), vae_loss
-    else: build, args, loss = (lambda: UNet(cfg.unet, latent_channels=cfg.vae.latent_channels)), unet_inputs(B, d.n_frames, d.height // f, d.width // f, device=device), unet_loss
+    else:
+        args = unet_inputs(B, d.n_frames, d.height // f, d.width // f, latent=lc, cond=f * f, device=device)
+        build, loss = (lambda: build_unet(cfg)), unet_loss
     if flops:
         with fake_mode(): flops = step_flops(lambda: loss(build(), *(torch.empty(a.shape, dtype=a.dtype) for a in args)))['step']
     torch.manual_seed(0)
@@ -1012,8 +1017,9 @@ def _reference_ssim(p, g) -> dict:
 def bench_eval(sizes: BenchSizes) -> Section:
     "Seconds of `volume_metrics` at `sizes.eval_volume` (slices, side) vs pytorch-msssim's SSIM + MS-SSIM alone."
     title = 'Evaluation: volume_metrics'
-    if (note := missing('v2v_diffusion.inference', 'pytorch_msssim')): return Section(title, notes=[f'not measured: {note}'])
-    from v2v_diffusion.inference import volume_metrics
+    if (note := missing('v2v_diffusion.evaluate', 'pytorch_msssim')):
+        return Section(title, notes=[f'not measured: {note}'])
+    from v2v_diffusion.evaluate import volume_metrics
     from v2v_diffusion.windowing import Window, hu_to_unit
     n, size = sizes.eval_volume
     p, g, mask = eval_volumes(n, size)
@@ -1050,7 +1056,7 @@ def _measured_step_peak(cfg, stage, precision, device) -> int:
 def memory_agreement(cfg, *, device='cuda', precisions=('fp16', 'bf16')) -> list:
     "Rows: per stage and precision, the fake-tensor estimate, the measured peak on `device` and their ratio."
     rows = []
-    for stage in ('vae', 'diffusion'):
+    for stage in STEP_STAGES[:2]:
         for prec in precisions:
             est = step_peak_bytes(cfg, stage, precision=prec)
             try: meas = _measured_step_peak(cfg, stage, prec, device)
