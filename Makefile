@@ -17,7 +17,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 LAB_ARGS  ?=
 LAB_ROOT  := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: install hooks test sync-check nbtest pytest dicom-validator slow demo quality lab docs bench browser-test clear-outputs clean
+.PHONY: install hooks test sync-check nbtest pytest dicom-validator slow demo quality lab docs bench gpu-check browser-test clear-outputs clean
 
 $(STAMP): settings.ini setup.py
 	$(PY) -m venv $(VENV)
@@ -106,6 +106,11 @@ docs: install
 bench: install
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/v2v-bench --out BENCHMARKS.md
+
+## gpu-check: on a CUDA machine (< 8 min): seed-config steps fp16/bf16, memory vs estimate, MFU, largest batch, volume latency,
+## appended to BENCHMARKS.md with the device name. GPU_CHECK_ARGS=--dry tries the same path on the CPU in seconds.
+gpu-check: install
+	$(BIN)/v2v-bench --gpu-check --out BENCHMARKS.md $(GPU_CHECK_ARGS)
 
 ## browser-test: notebooks 21/22 and the viewer in JupyterLab in headless Chromium (Debian's: apt-get install -y chromium chromium-driver)
 browser-test: install

@@ -48,8 +48,40 @@ def test_gpu_and_targets(report):
     md, js = report
     import torch
     if not torch.cuda.is_available(): assert 'not measured: no GPU in this session' in md
-    t = rows(js, 'targets'); assert len(t) == 6
+    t = rows(js, 'targets'); assert len(t) == 12
     assert all(r['verdict'] in ('met', 'NOT met', 'not measured') for r in t)
 
 def test_bad_section_name(tmp_path):
     with pytest.raises(SystemExit, match='unknown section'): bench_main(['--only', 'nope', '--out', str(tmp_path / 'x.md')])
+
+def test_memory_section_and_eval(report):
+    md, js = report
+    m = rows(js, 'memory')
+    assert {r['stage'] for r in m} >= {'vae', 'diffusion'} and all(positive(r['est_gib']) for r in m)
+    assert all(0.8 <= r['ratio'] <= 1.2 for r in m if 'check' in r['stage'])
+    e = rows(js, 'eval'); assert len(e) == 2 and e[0]['diff'] < 1e-4 and positive(e[0]['s'])
+
+def test_memory_estimate_matches_measured_cpu_peak():
+    "Fake-tensor estimate of the real training step vs the same step run on the CPU: live tensors, and PyTorch's MemTracker."
+    import torch
+    from torch.distributed._tools.mem_tracker import MemTracker
+    from v2v_diffusion.config import get_config
+    from v2v_diffusion.bench import step_peak_bytes, stage_step
+    cfg = get_config('tiny', ['data.height=64', 'data.width=64'])
+    for stage in ('vae', 'diffusion'):
+        for prec in ('fp32', 'bf16'):
+            est, meas = (step_peak_bytes(cfg, stage, precision=prec, fake=f) for f in (True, False))
+            assert est == pytest.approx(meas, rel=0.2), (stage, prec)
+    run, live = stage_step(cfg, 'vae', precision='fp32', accum=1, steps=1)    # MemTracker: one call of the loss module only
+    mt = MemTracker(); mt.track_external(live[0], live[-1])
+    with mt: run()
+    measured = mt.get_tracker_snapshot('peak')[torch.device('cpu')]['Total']
+    assert step_peak_bytes(cfg, 'vae', precision='fp32', accum=1, steps=1) == pytest.approx(measured, rel=0.2)
+
+def test_gpu_check_dry_run_appends(tmp_path):
+    out = tmp_path / 'B.md'
+    out.write_text('# Benchmarks\n')
+    s = bench_main(['--gpu-check', '--dry', '--threads', '1', '--out', str(out)])
+    txt = out.read_text()
+    assert txt.startswith('# Benchmarks') and '## GPU check: CPU (dry run)' in txt and 'estimate / measured' in txt
+    assert all(0.8 <= r['agree'] <= 1.2 for r in s.rows if 'memory' in r['model'])

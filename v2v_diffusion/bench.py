@@ -4,25 +4,33 @@
 
 # %% ../nbs/14_bench.ipynb #b1462cdf
 from __future__ import annotations
-import argparse, datetime, gc, io, json, math, os, platform, resource, statistics, subprocess, sys, threading, time, zipfile
-from contextlib import nullcontext
+import argparse, datetime, gc, io, json, math, os, platform, resource, statistics, subprocess, sys, threading, time, weakref, zipfile
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 # %% auto #0
-__all__ = ['QUICK', 'MONAI_MODULES', 'SEED_PARAMS_M', 'PEAK_TFLOPS', 'TRAIN_COLUMNS', 'SPEED_VARIANTS', 'GPU_COLUMNS', 'SECTIONS',
-           'time_fn', 'PeakMemory', 'tensor_peak_mb', 'compare', 'machine_info', 'fmt', 'md_table', 'Section',
-           'BenchSizes', 'bench_configs', 'missing', 'monai_vae', 'monai_unet', 'seed_models', 'bench_params',
-           'vae_loss', 'unet_loss', 'vae_inputs', 'unet_inputs', 'fake_mode', 'step_flops', 'peak_tflops',
-           'bench_flops', 'train_step', 'bench_train', 'bench_speed', 'synthetic_case_zip', 'case_zips',
-           'bare_pydicom_decode', 'our_decode', 'bench_ingest', 'bench_cache', 'ZeroModel', 'n_windows',
+__all__ = ['QUICK', 'MONAI_MODULES', 'SEED_PARAMS_M', 'PEAK_TFLOPS', 'TRAIN_COLUMNS', 'OP_GROUPS', 'SPEED_VARIANTS',
+           'GPU_COLUMNS', 'STEP_STAGES', 'GB', 'MEMORY_COLUMNS', 'GPU_CHECK_MARK', 'SECTIONS', 'time_fn', 'PeakMemory',
+           'tensor_peak_mb', 'compare', 'machine_info', 'fmt', 'md_table', 'Section', 'BenchSizes', 'bench_configs',
+           'missing', 'monai_vae', 'monai_unet', 'time_preserving', 'seed_models', 'bench_params', 'vae_loss',
+           'unet_loss', 'vae_inputs', 'unet_inputs', 'fake_mode', 'step_flops', 'peak_tflops', 'bench_flops',
+           'train_step', 'bench_train', 'time_shares', 'bench_equal_work', 'bench_speed', 'synthetic_case_zip',
+           'case_zips', 'bare_pydicom_decode', 'our_decode', 'bench_ingest', 'bench_cache', 'ZeroModel', 'n_windows',
            'bench_pipeline', 'thick_volume', 'bench_ddim', 'amp_train_step', 'largest_batch', 'get_config_with',
-           'bench_gpu', 'targets', 'render_report', 'write_report', 'run_sections', 'bench_main']
+           'bench_gpu', 'fake_scalars', 'LivePeak', 'step_batch', 'stage_objects', 'stage_step', 'step_peak_bytes',
+           'largest_fitting_batch', 'bench_memory', 'eval_volumes', 'bench_eval', 'memory_agreement', 'gpu_check',
+           'targets', 'load_note', 'render_report', 'write_report', 'append_gpu_check', 'run_sections', 'bench_main',
+           'run_gpu_check']
 
 # %% ../nbs/14_bench.ipynb #b042aaa6
 def _sync(device='cpu'):
@@ -164,10 +172,13 @@ class BenchSizes:
     ddim_steps: int = 50; volume_slices: int = 300
     warmup: int = 2; repeat: int = 5; speed_repeat: int = 3
     volume_latent: tuple = (8, 8, 8); volume_width: int = 16    # (T, h, w) and U-Net width of the real whole-volume run
+    eval_volume: tuple = (64, 512)               # (slices, side) of the volume_metrics timing
+    equal_clip: tuple = (1, 8, 64, 64); equal_latent: tuple = (1, 8, 8, 8); equal_repeat: int = 7   # equal-work runs
 
 QUICK = BenchSizes(vae_channels=(8, 8, 8, 8), vae_groups=4, clip=(2, 8, 16, 16), unet_channels=8, unet_mult=(1, 2),
                    unet_attention=(1,), unet_heads=2, unet_groups=4, latent=(2, 8, 8, 8), ddim_steps=3, volume_slices=40, warmup=1, repeat=2,
-                   speed_repeat=1, volume_latent=(8, 4, 4), volume_width=8)
+                   speed_repeat=1, volume_latent=(8, 4, 4), volume_width=8,
+                   eval_volume=(4, 192), equal_clip=(1, 4, 16, 16), equal_latent=(1, 4, 8, 8), equal_repeat=2)
 
 # %% ../nbs/14_bench.ipynb #b023f858
 def bench_configs(sizes:BenchSizes):
@@ -199,25 +210,40 @@ def monai_vae(cfg):
                          latent_channels=cfg.latent_channels, norm_num_groups=cfg.norm_groups,
                          with_encoder_nonlocal_attn=True, with_decoder_nonlocal_attn=True, use_flash_attention=True)
 
-def monai_unet(cfg, latent_channels:int=4):
-    "MONAI `DiffusionModelUNet` (3D) closest to our `UNetConfig`; input is noisy latent ⊕ condition."
+def monai_unet(cfg, latent_channels:int=4, cond_channels:int|None=None):
+    "MONAI `DiffusionModelUNet` (3D) closest to our `UNetConfig`; input is noisy latent ⊕ condition (default: latent-wide)."
     from monai.networks.nets import DiffusionModelUNet
     widths = tuple(cfg.model_channels * m for m in cfg.channel_mult)
-    return DiffusionModelUNet(spatial_dims=3, in_channels=2 * latent_channels, out_channels=latent_channels, channels=widths,
+    c_in = latent_channels + (cond_channels or latent_channels)
+    return DiffusionModelUNet(spatial_dims=3, in_channels=c_in, out_channels=latent_channels, channels=widths,
                               num_res_blocks=cfg.num_res_blocks, attention_levels=tuple(i in cfg.attention_levels for i in range(len(widths))),
                               norm_num_groups=cfg.norm_groups, num_head_channels=tuple(w // cfg.num_heads for w in widths),
                               use_flash_attention=True)
+
+# %% ../nbs/14_bench.ipynb #4f8cde19
+def time_preserving(net: nn.Module) -> nn.Module:
+    "A MONAI 3D net made T-preserving in place: stride-2 convs stride (1,2,2), pads keep T, upsampling is (1,2,2)."
+    from monai.networks.nets.autoencoderkl import AsymmetricPad, AEKLDownsample
+    from monai.networks.nets.diffusion_model_unet import DiffusionUnetDownsample
+    for m in net.modules():
+        if isinstance(m, AsymmetricPad): m.pad = (0, 1, 0, 1, 1, 1)          # (W, H, T): T keeps its length
+        elif isinstance(m, AEKLDownsample): m.conv.conv.stride = (1, 2, 2)
+        elif isinstance(m, DiffusionUnetDownsample) and m.use_conv: m.op.conv.stride = (1, 2, 2)
+        elif isinstance(m, DiffusionUnetDownsample): m.op.kernel_size = m.op.stride = (1, 2, 2)
+        elif isinstance(m, nn.Upsample): m.scale_factor = (1.0, 2.0, 2.0)
+    return net
 
 # %% ../nbs/14_bench.ipynb #49d00ca0
 def seed_models(cfg=None, *, device='meta'):
     "{name: (ours, MONAI or None)} for 'VAE' and 'U-Net' at `cfg` (default: the seed's `v100` preset); `device='fake'`: under `fake_mode()`."
     from v2v_diffusion.config import get_config
     from v2v_diffusion.vae import VAE
-    from v2v_diffusion.unet import UNet
+    from v2v_diffusion.formulation import build_unet, vae_factor
     cfg = cfg or get_config('v100'); has_monai = missing(*MONAI_MODULES) is None
+    lc, cc = cfg.vae.latent_channels, vae_factor(cfg) ** 2                 # the condition: the base, space-to-depth
     with (nullcontext() if device == 'fake' else torch.device(device)):
         return {'VAE': (VAE(cfg.vae), monai_vae(cfg.vae) if has_monai else None),
-                'U-Net': (UNet(cfg.unet, latent_channels=cfg.vae.latent_channels), monai_unet(cfg.unet, cfg.vae.latent_channels) if has_monai else None)}
+                'U-Net': (build_unet(cfg), monai_unet(cfg.unet, lc, cc) if has_monai else None)}
 
 SEED_PARAMS_M = {'VAE': 43.1, 'U-Net': 264.6, 'total': 307.7}
 
@@ -256,10 +282,11 @@ def vae_inputs(B, T, H, W, *, device='cpu', dtype=torch.float32, seed=0) -> tupl
     g = torch.Generator().manual_seed(seed)
     return ((torch.rand(B, 1, T, H, W, generator=g) * 2 - 1).to(device, dtype),)
 
-def unet_inputs(B, T, h, w, *, Tc=None, latent=4, device='cpu', dtype=torch.float32, seed=0) -> tuple:
-    "(x_t (B,4,T,h,w), t (B,), cond (B,4,Tc,h,w), noise (B,4,T,h,w))."
+def unet_inputs(B, T, h, w, *, Tc=None, latent=4, cond=None, device='cpu', dtype=torch.float32, seed=0) -> tuple:
+    "(x_t (B,latent,T,h,w), t (B,), cond (B,cond,Tc,h,w) (default `latent` channels), noise (B,latent,T,h,w))."
     g = torch.Generator().manual_seed(seed); r = lambda *s: torch.randn(*s, generator=g).to(device, dtype)
-    return r(B, latent, T, h, w), torch.randint(0, 1000, (B,), generator=g).to(device), r(B, latent, Tc or T, h, w), r(B, latent, T, h, w)
+    x, t, c = r(B, latent, T, h, w), torch.randint(0, 1000, (B,), generator=g).to(device), r(B, cond or latent, Tc or T, h, w)
+    return x, t, c, r(B, latent, T, h, w)
 
 def _meta(args): return tuple(a.to('meta') for a in args)
 
@@ -298,7 +325,7 @@ def bench_flops(cfg=None, *, Tc=None) -> Section:
     with fake_mode():
         for name, (ours, mon) in seed_models(cfg, device='fake').items():
             B, C, T, H, W = shapes[name]
-            args = vae_inputs(B, T, H, W) if name == 'VAE' else unet_inputs(B, T, H, W, Tc=Tc, latent=C)
+            args = vae_inputs(B, T, H, W) if name == 'VAE' else unet_inputs(B, T, H, W, Tc=Tc, latent=C, cond=ours.cond_channels)
             loss = (lambda m, **k: vae_loss(m, *args, **k)) if name == 'VAE' else (lambda m, **k: unet_loss(m, *args, **k))
             fo = step_flops(lambda: loss(ours)); fm = step_flops(lambda: loss(mon, monai=True)) if mon else None
             rows.append(dict(model=name, input=f'{tuple(shapes[name])}', fwd=fo['forward'] / 1e12, step=fo['step'] / 1e12,
@@ -366,6 +393,83 @@ def bench_train(sizes:BenchSizes, *, device='cpu') -> Section:
              '(weights, activations, gradients, optimizer state), counted by MemTracker.']
     if mnote: notes.append(f'MONAI rows skipped: {mnote}. Install the bench extra: `pip install -e .[bench]`.')
     return Section(title, rows, TRAIN_COLUMNS, notes)
+
+# %% ../nbs/14_bench.ipynb #cfbcb472
+def _fwd_bwd(model, loss):
+    "A zero-argument forward + backward of `loss(model)`, gradients dropped after."
+    def step():
+        loss(model).backward()
+        for p in model.parameters(): p.grad = None
+    return step
+
+OP_GROUPS = {'conv': ('aten::convolution', 'aten::convolution_backward'),
+             'norm': ('aten::native_group_norm', 'aten::native_group_norm_backward'),
+             'attn': ('aten::_scaled_dot_product_flash_attention_for_cpu',
+                      'aten::_scaled_dot_product_flash_attention_for_cpu_backward')}
+
+def time_shares(step) -> dict:
+    "Shares of one profiled call of `step`'s CPU time spent in each of `OP_GROUPS` (ops with their children)."
+    from torch.profiler import profile, ProfilerActivity
+    with profile(activities=[ProfilerActivity.CPU]) as prof: step()
+    ev = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in ev)
+    return {k: sum(e.cpu_time_total for e in ev if e.key in names) / total for k, names in OP_GROUPS.items()}
+
+def _equal_rows(name, build, build_m, args, loss, sizes, threads) -> list:
+    "Rows of one net vs its peer, timed interleaved at each of `threads` torch threads."
+    from v2v_diffusion.vae import count_parameters
+    torch.manual_seed(0)
+    ours, peer, rows, saved = build(), build_m(), [], torch.get_num_threads()
+    fo, fp = _fake_flops(build, args, loss), _fake_flops(build_m, args, loss, monai=True)
+    shares = time_shares(_fwd_bwd(ours, lambda m: loss(m, *args)))
+    for n in threads:
+        torch.set_num_threads(n)
+        try: res = compare({'ours': _fwd_bwd(ours, lambda m: loss(m, *args)),
+                            'peer': _fwd_bwd(peer, lambda m: loss(m, *args, monai=True))},
+                           warmup=sizes.warmup, repeat=sizes.equal_repeat)
+        finally: torch.set_num_threads(saved)
+        o, p = res['ours']['median_s'], res['peer']['median_s']
+        rows.append(dict(model=name, input=str(tuple(args[0].shape)), params_ours=count_parameters(ours) / 1e6,
+                         params_peer=count_parameters(peer) / 1e6, gflop_ours=fo / 1e9, gflop_peer=fp / 1e9,
+                         ours_s=o, peer_s=p, ratio=o / p, work_ratio=fo / fp, repeat=res['ours']['repeat'], threads=n,
+                         **{f'{k}_share': v for k, v in shares.items()}))
+    return rows
+
+def bench_equal_work(sizes: BenchSizes, cfg=None) -> Section:
+    "Ours vs time-preserving MONAI peers, fwd+bwd at the seed channel config (or `cfg`), interleaved: ratio ours/peer."
+    title = 'Equal work: ours vs time-preserving MONAI peers'
+    if (note := missing('v2v_diffusion.vae', 'v2v_diffusion.unet', *MONAI_MODULES)):
+        return Section(title, notes=[f'not measured: {note}. Install the bench extra: `pip install -e .[bench]`.'])
+    from v2v_diffusion.config import get_config
+    from v2v_diffusion.vae import VAE
+    from v2v_diffusion.formulation import build_unet, vae_factor
+    cfg = cfg or get_config('v100')
+    vc, uc = (replace(c, grad_checkpointing=False) for c in (cfg.vae, cfg.unet))       # the peers have none
+    ec, cc = replace(cfg, vae=vc, unet=uc), vae_factor(cfg) ** 2
+    B, T, H, W = sizes.equal_clip
+    b, t, h, w = sizes.equal_latent
+    threads = sorted({torch.get_num_threads(), 1}, reverse=True)       # 1 thread too: robust on a loaded machine
+    rows = []
+    for net in (('VAE', lambda: VAE(vc), lambda: time_preserving(monai_vae(vc)), vae_inputs(B, T, H, W), vae_loss),
+                ('U-Net', lambda: build_unet(ec), lambda: time_preserving(monai_unet(uc, vc.latent_channels, cc)),
+                 unet_inputs(b, t, h, w, latent=vc.latent_channels, cond=cc), unet_loss)):
+        rows += _equal_rows(*net, sizes, threads)
+        gc.collect()
+    notes = ['Ratio = ours / peer median fwd+bwd time (target ≤ 0.80: ours ≥ 25 % faster at equal work). '
+             '"work ours/peer": FLOPs ratio; the peers keep MONAI\'s block layout (full 3D attention at the attention levels, '
+             'its VAE\'s extra res blocks around the bottleneck attention), so the work is equal in pattern, not to the FLOP. '
+             'Gradient checkpointing is off in ours (the seed turns it on for memory): it recomputes every block\'s forward '
+             'in the backward, work the peers do not do (it made ours/peer 1.33 instead of ~1.1 for the U-Net). '
+             'The U-Net is `build_unet`\'s: its input is the noisy latent ⊕ the base space-to-depth '
+             f'({cc} channels), and the peer takes the same concatenation. Each net is timed at the bench\'s thread count and '
+             'at 1 thread: on a shared, loaded machine the 2-thread figure mostly measures the contention. '
+             '"ours … share": torch.profiler over one fwd+bwd of ours, CPU time in convolutions (forward and backward), '
+             'GroupNorm and attention; fp32, so no casts.']
+    return Section(title, rows, {'model': 'model', 'input': 'input (B,C,T,H,W)', 'params_ours': 'ours params (M)',
+                                 'params_peer': 'peer params (M)', 'gflop_ours': 'ours GFLOP', 'gflop_peer': 'peer GFLOP',
+                                 'work_ratio': 'work ours/peer', 'ours_s': 'ours s', 'peer_s': 'peer s', 'ratio': 'ratio ours/peer',
+                                 'repeat': 'N', 'threads': 'threads', 'conv_share': 'ours conv share',
+                                 'norm_share': 'ours norm share', 'attn_share': 'ours attention share'}, notes)
 
 # %% ../nbs/14_bench.ipynb #f9b58415
 SPEED_VARIANTS = ('baseline', 'fused AdamW', 'channels_last_3d', 'bf16 autocast', 'grad checkpointing')
@@ -513,7 +617,7 @@ def _loader_row(ds, workers, batch_size, epochs):
     for _ in range(epochs):
         for b in dl: n += len(b['case_id']); nb += _clip_bytes(b)
     dt = time.perf_counter() - t0; del dl
-    return dict(what=f'DataLoader, batch {batch_size}, {workers} worker(s)', items=n, unit='clips', s=dt, rate=n / dt, mbs=nb / 2**20 / dt, cached=True, repeat=epochs)
+    return dict(what=f'DataLoader, batch {batch_size}, {workers} worker(s)', workers=workers, items=n, unit='clips', s=dt, rate=n / dt, mbs=nb / 2**20 / dt, cached=True, repeat=epochs)
 
 # %% ../nbs/14_bench.ipynb #2ac0a871
 def bench_cache(zips, sizes:BenchSizes, *, cache_dir, quick:bool=False) -> Section:
@@ -521,7 +625,7 @@ def bench_cache(zips, sizes:BenchSizes, *, cache_dir, quick:bool=False) -> Secti
     title = 'Data preparation, cached clips and DataLoader'
     if (note := missing('v2v_diffusion.data')): return Section(title, notes=[f'not measured: {note}'])
     from v2v_diffusion.config import get_config
-    from v2v_diffusion.data import ClipDataset, load_case
+    from v2v_diffusion.data import ClipDataset, load_case, loader_workers, usable_cpus
     refs = _refs_for(zips)
     if not refs: return Section(title, notes=[f'not measured: no cases found in {zips}'])
     rows, cases = _prepare_rows(refs, cache_dir, (0, 2), 1 if quick else 2)
@@ -536,9 +640,11 @@ def bench_cache(zips, sizes:BenchSizes, *, cache_dir, quick:bool=False) -> Secti
     r = time_fn(lambda: [ds[i] for i in range(n)], warmup=1, repeat=sizes.repeat)
     rows.append(dict(what=f'ClipDataset[i], {dc.n_frames}×{dc.height}² (thin + thick, float32)', items=n, unit='clips', s=r['median_s'],
                      rate=n / r['median_s'], mbs=nb / 2**20 / r['median_s'], cached=True, repeat=r['repeat']))
-    for w in (0, 2): rows.append(_loader_row(ds, w, dc.batch_size, 1 if quick else 3))
+    for w in (0, 1, 2): rows.append(_loader_row(ds, w, dc.batch_size, 1 if quick else 3))
     notes = [f'{len(refs)} case(s); clips at `data.n_frames={dc.n_frames}`, {dc.height}×{dc.width}, thick_mode={dc.thick_mode}. '
-             'MB/s: int16 volume bytes for the cache row, float32 clip bytes (thin + thick) for the clip rows. The prepare rows write a fresh cache each run.']
+             'MB/s: int16 volume bytes for the cache row, float32 clip bytes (thin + thick) for the clip rows. The prepare rows write a fresh cache each run.',
+             f'`build_dataloaders` here: {loader_workers(dc.num_workers)} worker(s) for `data.num_workers={dc.num_workers}` on {usable_cpus()} usable CPU(s) '
+             '(workers need cores to spare: each batch crosses process boundaries through fresh shared memory).']
     return Section(title, rows, {'what': 'what', 'items': 'items', 'unit': 'unit', 's': 's', 'rate': 'items/s', 'mbs': 'MB/s', 'repeat': 'N'}, notes)
 
 # %% ../nbs/14_bench.ipynb #bd7dc52d
@@ -612,10 +718,12 @@ def _volume_row(sizes, device):
 def _seed_cpu_row(device='cpu'):
     "One DDIM step of the seed-config U-Net (batch 2, 24 frames, 32² latents) on this machine: the CPU floor of inference."
     from v2v_diffusion.config import get_config
-    from v2v_diffusion.unet import UNet
+    from v2v_diffusion.formulation import build_unet, vae_factor
     cfg = get_config('v100'); torch.manual_seed(0)
-    unet = UNet(cfg.unet, latent_channels=cfg.vae.latent_channels).to(device).eval()
-    x, t, cond, _ = unet_inputs(2, cfg.data.n_frames, cfg.data.height // 8, cfg.data.width // 8, device=device)
+    unet, f = build_unet(cfg).to(device).eval(), vae_factor(cfg)
+    d = cfg.data
+    x, t, cond, _ = unet_inputs(2, d.n_frames, d.height // f, d.width // f, latent=cfg.vae.latent_channels,
+                                cond=unet.cond_channels, device=device)
     with torch.no_grad(): r = time_fn(lambda: unet(x, t, cond), warmup=1, repeat=1, device=device)
     nb = math.ceil(n_windows(300, cfg.data.n_frames, cfg.infer.overlap) / cfg.infer.batch_size)
     return dict(what=f'seed U-Net, one step (300-slice volume = {nb} batches × {cfg.diffusion.ddim_steps} steps ≈ '
@@ -668,10 +776,12 @@ def largest_batch(try_batch, *, start:int=2, limit:int=64) -> int:
 def _gpu_net(name, cfg, B, device, flops=True):
     "(model, loss_fn(model), meta-FLOPs of one step at batch `B`) for 'VAE' or 'U-Net' at `cfg` (checkpointing as `cfg` says)."
     from v2v_diffusion.vae import VAE
-    from v2v_diffusion.unet import UNet
-    d = cfg.data; f = 2 ** (len(cfg.vae.channels) - 1)
+    from v2v_diffusion.formulation import build_unet, vae_factor
+    d, f, lc = cfg.data, vae_factor(cfg), cfg.vae.latent_channels
     if name == 'VAE': build, args, loss = (lambda: VAE(cfg.vae)), vae_inputs(B, d.n_frames, d.height, d.width, device=device), vae_loss
-    else: build, args, loss = (lambda: UNet(cfg.unet, latent_channels=cfg.vae.latent_channels)), unet_inputs(B, d.n_frames, d.height // f, d.width // f, device=device), unet_loss
+    else:
+        args = unet_inputs(B, d.n_frames, d.height // f, d.width // f, latent=lc, cond=f * f, device=device)
+        build, loss = (lambda: build_unet(cfg)), unet_loss
     if flops:
         with fake_mode(): flops = step_flops(lambda: loss(build(), *(torch.empty(a.shape, dtype=a.dtype) for a in args)))['step']
     torch.manual_seed(0)
@@ -735,6 +845,239 @@ def bench_gpu(cfg=None, *, device='cuda', precisions=('fp16', 'bf16'), repeat:in
                  '(checkpointing recomputation not counted: it is overhead, not useful work). Peak GiB: allocator peak incl. weights and AdamW state.')
     return Section(title, rows, GPU_COLUMNS, notes)
 
+# %% ../nbs/14_bench.ipynb #359603d0
+@contextmanager
+def fake_scalars():
+    "Inside, `.item()` and `float()` give 0.0 (fake tensors hold no values) and every training step counts as finite."
+    from v2v_diffusion import train
+    saved = torch.Tensor.item, torch.Tensor.__float__, train.step_is_finite
+    torch.Tensor.item = lambda self: 0.0
+    torch.Tensor.__float__ = lambda self: 0.0
+    train.step_is_finite = lambda loss, grad_norm: True     # its flag would read 0.0: no optimizer step, no AdamW state
+    try: yield
+    finally: torch.Tensor.item, torch.Tensor.__float__, train.step_is_finite = saved
+
+class LivePeak(TorchDispatchMode):
+    "Peak bytes of live tensor storages: those passed to `track` and every one an op creates or resizes under the mode."
+    def __init__(self):
+        super().__init__()
+        self.refs, self.now, self.peak = {}, 0, 0
+
+    def _free(self, key, _ref): self.now -= self.refs.pop(key)[1]
+
+    def _see(self, t: torch.Tensor):
+        st = t.untyped_storage()
+        n, key = st.nbytes(), id(st)
+        rec = self.refs.get(key)
+        if rec is None:
+            self.refs[key] = [weakref.ref(st, partial(self._free, key)), n]
+            self.now += n
+        elif rec[1] != n:
+            self.now += n - rec[1]
+            rec[1] = n
+        self.peak = max(self.peak, self.now)
+
+    def track(self, *objs):
+        "Count the storages of modules (parameters, buffers) or of tensors in nested containers."
+        for o in objs:
+            ts = [*o.parameters(), *o.buffers()] if isinstance(o, nn.Module) else tree_leaves(o)
+            for t in ts:
+                if isinstance(t, torch.Tensor): self._see(t)
+        return self
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor): self._see(t)
+        return out
+
+# %% ../nbs/14_bench.ipynb #30a3e302
+def step_batch(cfg, *, device='cpu') -> dict:
+    "A training batch at `cfg.data` with `ClipDataset`'s keys: thin, thick clips, base (unit and HU) and residual."
+    from v2v_diffusion.data import native_thick_frames
+    from v2v_diffusion.windowing import hu_to_unit
+    d, w = cfg.data, (cfg.data.window_center, cfg.data.window_width)
+    Tk = native_thick_frames(d.n_frames) if d.thick_mode == 'native' else d.n_frames
+    g = torch.Generator().manual_seed(0)
+    hu = lambda T: (torch.rand(d.batch_size, 1, T, d.height, d.width, generator=g) * 2000 - 1000).to(device)
+    thin_hu, base_hu = hu(d.n_frames), hu(d.n_frames)
+    return dict(thin=hu_to_unit(thin_hu, w), thick=hu_to_unit(hu(Tk), w), base=hu_to_unit(base_hu, w), base_hu=base_hu,
+                residual=(thin_hu - base_hu) / cfg.formulation.residual_hu)
+
+STEP_STAGES = ('vae', 'diffusion', 'regression')
+
+def stage_objects(cfg, stage: str, *, device='cpu') -> tuple:
+    "(loss module, trained net, other live modules) of training stage `stage` (`STEP_STAGES`) as `train` builds them."
+    from v2v_diffusion.train import VAELoss, DiffusionLoss, RegressionLoss
+    from v2v_diffusion.vae import VAE
+    from v2v_diffusion.formulation import build_unet
+    from v2v_diffusion.diffusion import GaussianDiffusion
+    dev = torch.device(device)
+    with dev:                                        # built in place: `.to()` cannot swap fake parameters
+        if stage == 'vae':
+            vae = VAE(cfg.vae)
+            return VAELoss(vae, cfg, dev), vae, []
+        vae, unet = VAE(cfg.vae).eval().requires_grad_(False), build_unet(cfg)
+        ema = build_unet(cfg).eval().requires_grad_(False)          # deepcopy leaves fake mode
+        loss = (RegressionLoss if stage == 'regression' else DiffusionLoss)(unet, GaussianDiffusion(cfg.diffusion), vae,
+                                                                           1.0, cfg, dev)
+        return loss, unet, [vae, ema]
+
+def stage_step(cfg, stage: str, *, precision: str = 'fp16', accum: int = 2, steps: int = 2, device='cpu') -> tuple:
+    "(zero-argument fn running `steps` real optimizer steps of `accum` micro-batches, objects alive before it)."
+    from v2v_diffusion.train import train_step, make_optimizer, ema_update
+    loss_module, net, extras = stage_objects(cfg, stage, device=device)
+    batch, t = step_batch(cfg, device=device), replace(cfg.train, grad_accum=accum)
+    opt = make_optimizer(net, t, torch.device('cuda'))            # fused AdamW, as on a GPU
+    dtype = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(precision)
+    dev = torch.device(device).type
+    ctx = torch.autocast(dev, dtype=dtype) if dtype else nullcontext()
+    scaler = torch.amp.GradScaler(dev, enabled=dtype == torch.float16)
+    def run():
+        for _ in range(steps):
+            train_step(loss_module, iter([batch] * accum), opt, scaler, ctx, t)
+            if extras: ema_update(extras[1], net, 0.999)
+    return run, (loss_module, *extras, batch, opt)
+
+def step_peak_bytes(cfg, stage: str, *, precision: str = 'fp16', fake: bool = True, **kw) -> int:
+    "Peak live-tensor bytes of `stage_step` at `cfg`: on fake tensors (no compute, any size) or really on the CPU."
+    with FakeTensorMode() if fake else nullcontext():
+        run, live = stage_step(cfg, stage, precision=precision, **kw)
+        with LivePeak().track(*live[:-1]) as lp, fake_scalars() if fake else nullcontext(): run()
+    return lp.peak
+
+# %% ../nbs/14_bench.ipynb #d5427e2e
+GB = 1e9
+
+def largest_fitting_batch(cfg, stage: str, cap_bytes: float, *, precision: str = 'fp16', limit: int = 256) -> int:
+    "Largest batch ≤ `limit` whose estimated step peak is ≤ `cap_bytes` (a line through B = 1, 2, then checked)."
+    peak = lambda B: step_peak_bytes(get_config_with(cfg, [f'data.batch_size={B}']), stage, precision=precision)
+    p1, p2 = peak(1), peak(2)
+    if p1 > cap_bytes: return 0
+    B = max(1, min(limit, int((cap_bytes - p1) // max(p2 - p1, 1)) + 1))
+    while B > 1 and peak(B) > cap_bytes: B -= 1
+    while B < limit and peak(B + 1) <= cap_bytes: B += 1
+    return B
+
+# %% ../nbs/14_bench.ipynb #cc3755bb
+MEMORY_COLUMNS = {'stage': 'stage', 'precision': 'precision', 'ckpt': 'grad ckpt', 'batch': 'batch', 'est_gib': 'estimate GiB',
+                  'meas_gib': 'measured GiB', 'ratio': 'estimate / measured', 'fit16': 'largest batch 16 GB',
+                  'fit32': 'largest batch 32 GB', 'fit80': 'largest batch 80 GB', 's': 's'}
+
+def _memory_row(cfg, stage, precision, ckpt, caps, check):
+    "One stage's estimate (and largest batches when `caps`; the real CPU step's peak when `check`)."
+    c = get_config_with(cfg, [f'vae.grad_checkpointing={ckpt}', f'unet.grad_checkpointing={ckpt}'])
+    t0 = time.perf_counter()
+    est = step_peak_bytes(c, stage, precision=precision)
+    r = dict(stage=stage, precision=precision, ckpt=ckpt, batch=c.data.batch_size, est_gib=est / 2**30)
+    if check:
+        meas = step_peak_bytes(c, stage, precision=precision, fake=False)
+        r.update(meas_gib=meas / 2**30, ratio=est / meas)
+    r.update({f'fit{cap}': largest_fitting_batch(c, stage, cap * GB, precision=precision) for cap in caps})
+    return {**r, 's': time.perf_counter() - t0}
+
+def bench_memory(cfg=None, *, precisions=('fp16',), caps=(16, 32, 80), check_cfg=None) -> Section:
+    "Estimated peak memory of a training step per stage at `cfg` (default: the seed's `v100`), checked on the CPU at `check_cfg`."
+    title = 'Training-step memory, estimated without a GPU'
+    if (note := missing('v2v_diffusion.train')): return Section(title, notes=[f'not measured: {note}'])
+    from v2v_diffusion.config import get_config
+    cfg = cfg or get_config('v100')
+    check_cfg = check_cfg or get_config('tiny', ['data.height=64', 'data.width=64'])
+    rows = [_memory_row(cfg, s, p, ck, caps if ck == cfg.vae.grad_checkpointing else (), False)
+            for s in ('vae', 'diffusion') for p in precisions for ck in (True, False)]
+    rows += [{**_memory_row(check_cfg, s, 'bf16', ck, (), True), 'stage': f'{s} (check, CPU)'}
+             for s in ('vae', 'diffusion') for ck in (True, False)]
+    d = cfg.data
+    notes = [f'Estimate: the real training step (two optimizer steps of `grad_accum` 2, fused AdamW, autocast, loss scaling '
+             f'for fp16, EMA and frozen VAE in stage 2) on fake tensors, peak of live tensor bytes (`LivePeak`). Config: '
+             f'{d.n_frames} frames of {d.height}×{d.width}, thick clips {d.thick_mode}, batch {d.batch_size}. '
+             f'"largest batch X GB": the largest batch whose estimate is ≤ X·10⁹ bytes, with checkpointing as the config has it.',
+             f'Check rows: the same step at {check_cfg.data.n_frames}×{check_cfg.data.height}², bf16 autocast, '
+             f'run for real on the CPU ("measured", live tensors) against its fake-tensor estimate.',
+             'Not in the estimate: the CUDA context (outside the allocator), cuDNN workspaces, fragmentation; '
+             '`make gpu-check` measures the allocator peak at the seed config and sets it beside this estimate.']
+    return Section(title, rows, MEMORY_COLUMNS, notes)
+
+# %% ../nbs/14_bench.ipynb #8b5786df
+def eval_volumes(n: int, size: int, seed: int = 0) -> tuple:
+    "(prediction HU, truth HU, body mask) of `n` slices of `size`²: an ellipse body with texture, noise on the prediction."
+    from v2v_diffusion.metrics import body_mask
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
+    body = np.where((xx / 0.8) ** 2 + (yy / 0.6) ** 2 < 1, 40 + 200 * np.sin(7 * xx) * np.cos(5 * yy), -1000.0)
+    gt = (body[None] + rng.normal(0, 30, (n, size, size))).astype(np.float32)
+    return (gt + rng.normal(0, 60, gt.shape)).astype(np.float32), gt, body_mask(gt)
+
+def _reference_ssim(p, g) -> dict:
+    "pytorch-msssim's SSIM and MS-SSIM (public API) of windowed volumes, slice-averaged."
+    import pytorch_msssim
+    x, y = torch.from_numpy(p)[:, None], torch.from_numpy(g)[:, None]
+    return dict(ssim=float(pytorch_msssim.ssim(x, y, data_range=2.0)), ms_ssim=float(pytorch_msssim.ms_ssim(x, y, data_range=2.0)))
+
+def bench_eval(sizes: BenchSizes) -> Section:
+    "Seconds of `volume_metrics` at `sizes.eval_volume` (slices, side) vs pytorch-msssim's SSIM + MS-SSIM alone."
+    title = 'Evaluation: volume_metrics'
+    if (note := missing('v2v_diffusion.evaluate', 'pytorch_msssim')):
+        return Section(title, notes=[f'not measured: {note}'])
+    from v2v_diffusion.evaluate import volume_metrics
+    from v2v_diffusion.windowing import Window, hu_to_unit
+    n, size = sizes.eval_volume
+    p, g, mask = eval_volumes(n, size)
+    w = Window(40, 400)
+    ours = volume_metrics(p, g, w, mask)
+    r = time_fn(lambda: volume_metrics(p, g, w, mask), warmup=0, repeat=sizes.speed_repeat)
+    pu, gu = hu_to_unit(p, w), hu_to_unit(g, w)
+    ref, t_ref = _reference_ssim(pu, gu), time_fn(lambda: _reference_ssim(pu, gu), warmup=0, repeat=1)
+    diff = max(abs(ours[k] - ref[k]) for k in ref)
+    shape = f'{n}×{size}²'
+    rows = [dict(what='volume_metrics (ours: all metrics, body-masked too)', shape=shape, s=r['median_s'], rate=n / r['median_s'],
+                 diff=diff, repeat=r['repeat']),
+            dict(what='pytorch-msssim ssim + ms_ssim only (conv2d)', shape=shape, s=t_ref['median_s'], rate=n / t_ref['median_s'],
+                 diff=0.0, repeat=1)]
+    notes = [f'{torch.get_num_threads()} torch thread(s). "max |Δ|": largest difference of SSIM or MS-SSIM to pytorch-msssim.']
+    return Section(title, rows, {'what': 'what', 'shape': 'slices', 's': 's', 'rate': 'slices/s', 'diff': 'max |Δ|',
+                                 'repeat': 'N'}, notes)
+
+# %% ../nbs/14_bench.ipynb #60fe4cec
+GPU_CHECK_MARK = '<!-- gpu-check: appended by `make gpu-check`; kept by `make bench` -->'
+
+def _measured_step_peak(cfg, stage, precision, device) -> int:
+    "Allocator peak (CUDA) or live-tensor peak (CPU) of the real `stage_step` at `cfg` on `device`."
+    gc.collect()
+    if torch.device(device).type != 'cuda': return step_peak_bytes(cfg, stage, precision=precision, fake=False)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run, live = stage_step(cfg, stage, precision=precision, device=device)
+    run(); torch.cuda.synchronize()
+    del run, live
+    return torch.cuda.max_memory_allocated() - base
+
+def memory_agreement(cfg, *, device='cuda', precisions=('fp16', 'bf16')) -> list:
+    "Rows: per stage and precision, the fake-tensor estimate, the measured peak on `device` and their ratio."
+    rows = []
+    for stage in STEP_STAGES[:2]:
+        for prec in precisions:
+            est = step_peak_bytes(cfg, stage, precision=prec)
+            try: meas = _measured_step_peak(cfg, stage, prec, device)
+            except torch.cuda.OutOfMemoryError: meas = float('nan')
+            rows.append(dict(model=f'{stage} step (memory)', precision=prec, ckpt=cfg.vae.grad_checkpointing, batch=cfg.data.batch_size,
+                             peak_gb=meas / 2**30, est_gb=est / 2**30, agree=est / meas if meas else None))
+    return rows
+
+def gpu_check(cfg=None, *, device='cuda', precisions=('fp16', 'bf16'), repeat: int = 5, max_batch: int = 64,
+              volume_slices: int = 300) -> Section:
+    "`bench_gpu` at the seed config plus `memory_agreement`; the Section `--gpu-check` appends to the report."
+    from v2v_diffusion.config import get_config
+    cfg = cfg or get_config('a100')
+    s = bench_gpu(cfg, device=device, precisions=precisions, repeat=repeat, max_batch=max_batch, volume_slices=volume_slices)
+    if not s.rows: return s
+    s.rows += memory_agreement(cfg, device=device, precisions=precisions)
+    s.columns = {**GPU_COLUMNS, 'est_gb': 'estimate GiB', 'agree': 'estimate / measured'}
+    s.notes.append('Memory rows: the real training step of each stage (as in the memory section) measured on this device, '
+                   'beside its fake-tensor estimate (target: within 20 %).')
+    return s
+
 # %% ../nbs/14_bench.ipynb #b7b520cd
 def _row(sections, key, **match):
     s = sections.get(key)
@@ -752,6 +1095,12 @@ def _monai_why(sections, model):
     return (f"ours does {r['gflop_ours'] / r['gflop_monai']:.2f}× MONAI's FLOPs a step (T kept at every level, by design; MONAI halves it "
             f"with H, W) at {r['gflops_ours'] / r['gflops_monai']:.2f}× its GFLOP/s")
 
+def _equal_why(sections, model) -> str:
+    "Work ratio of the equal-work row at the bench's threads, and the ratio at 1 thread when that was timed too."
+    r, one = _row(sections, 'equal', model=model), _row(sections, 'equal', model=model, threads=1)
+    why = f"work ours/peer {r['work_ratio']:.2f} (FLOPs); convolutions {r['conv_share']:.0%} of our time"
+    return why + (f"; at 1 thread {one['ratio']:.2f}" if one is not None and one is not r else '')
+
 def targets(sections:dict) -> Section:
     "The issue's targets, evaluated on the measured sections, with what explains each figure."
     g = lambda r, k: None if r is None else r.get(k)
@@ -759,12 +1108,26 @@ def targets(sections:dict) -> Section:
     ingest = _ingest_ratio(sections)
     ingest_why = ('lowest over the datasets; the bare decode only returns stored values, ours also checks entries, parses geometry, '
                   'sorts by z, rescales to HU into the volume') if ingest is not None else ''
-    checks = [('U-Net train step ≥ 0.8× MONAI speed (ratio ours/MONAI ≤ 1.25)', g(_row(sections, 'train', model='U-Net'), 'ratio'), lambda v: v <= 1.25, lambda v: f'ratio {v:.2f}', _monai_why(sections, 'U-Net')),
+    eq = lambda m: g(_row(sections, 'equal', model=m), 'ratio')
+    eq_why = lambda m: _equal_why(sections, m) if eq(m) is not None else ''
+    checks = [('U-Net ≥ 25 % faster than its time-preserving MONAI peer (ratio ≤ 0.80, fwd+bwd, seed channels)', eq('U-Net'),
+               lambda v: v <= 0.8, lambda v: f'ratio {v:.2f}', eq_why('U-Net')),
+              ('VAE ≥ 25 % faster than its time-preserving MONAI peer (ratio ≤ 0.80, fwd+bwd, seed channels)', eq('VAE'),
+               lambda v: v <= 0.8, lambda v: f'ratio {v:.2f}', eq_why('VAE')),
+              ('U-Net train step ≥ 0.8× MONAI speed (ratio ours/MONAI ≤ 1.25)', g(_row(sections, 'train', model='U-Net'), 'ratio'), lambda v: v <= 1.25, lambda v: f'ratio {v:.2f}', _monai_why(sections, 'U-Net')),
               ('VAE train step ≥ 0.8× MONAI speed (ratio ours/MONAI ≤ 1.25)', g(_row(sections, 'train', model='VAE'), 'ratio'), lambda v: v <= 1.25, lambda v: f'ratio {v:.2f}', _monai_why(sections, 'VAE')),
               ('DICOM ingest ≥ 0.8× bare pydicom decode rate', ingest, lambda v: v >= 0.8, lambda v: f'{v:.2f}×', ingest_why),
               ('cached clips ≥ 1 GB/s', _best_cache_rate(sections), lambda v: v >= 1024, lambda v: f'{v / 1024:.2f} GB/s', ''),
               ('seed config < 16 GB GPU memory (bf16, grad ckpt, U-Net and VAE)', _gpu_peak(sections), lambda v: v < 16 * 0.9313, lambda v: f'{v:.1f} GiB', no_gpu),
-              ('≥ 40% MFU bf16, U-Net step, H100-class', g(_row(sections, 'gpu', model='U-Net', precision='bf16', ckpt=True), 'mfu'), lambda v: v >= 0.4, lambda v: f'{v:.0%}', no_gpu)]
+              ('≥ 40% MFU bf16, U-Net step, H100-class', g(_row(sections, 'gpu', model='U-Net', precision='bf16', ckpt=True), 'mfu'), lambda v: v >= 0.4, lambda v: f'{v:.0%}', no_gpu),
+              ('seed config ≤ 16 GB estimated per stage (fp16, grad ckpt as the seed)', _mem_estimate(sections), lambda v: v <= 16 * 0.9313,
+               lambda v: f'{v:.1f} GiB', 'largest of the two stages, fake-tensor estimate of the real step (no GPU needed)'),
+              ('memory estimate within 20 % of the measured CPU peak (small size)', _mem_check(sections), lambda v: v <= 0.2,
+               lambda v: f'{v:.1%} off', 'worst of the check rows'),
+              ('volume_metrics on 64 × 512² ≤ 3 s', g(_row(sections, 'eval'), 's'), lambda v: v <= 3.0, lambda v: f'{v:.2f} s',
+               _eval_why(sections)),
+              ('DataLoader with workers ≥ main-process rate', _loader_ratio(sections), lambda v: v >= 1.0, lambda v: f'{v:.2f}×',
+               'best worker count / 0 workers')]
     rows = []
     for name, v, ok, f, why in checks:
         verdict, fig = _verdict(v, ok, f); rows.append(dict(target=name, figure=fig, verdict=verdict, why=why))
@@ -779,16 +1142,44 @@ def _best_cache_rate(sections):
     s = sections.get('cache')
     return max((r['mbs'] for r in s.rows if r.get('cached') and r.get('mbs') is not None), default=None) if s else None
 
+def _mem_estimate(sections):
+    s = sections.get('memory')
+    v = [r['est_gib'] for r in (s.rows if s else []) if r.get('ckpt') and 'check' not in r['stage'] and r.get('precision') == 'fp16']
+    return max(v) if v else None
+
+def _mem_check(sections):
+    s = sections.get('memory')
+    v = [abs(r['ratio'] - 1) for r in (s.rows if s else []) if r.get('ratio') is not None]
+    return max(v) if v else None
+
+def _eval_why(sections):
+    r = _row(sections, 'eval')
+    return f"measured at {r['shape']}; pytorch-msssim's SSIM + MS-SSIM alone: {sections['eval'].rows[1]['s']:.1f} s" if r else ''
+
+def _loader_ratio(sections):
+    s = sections.get('cache')
+    rates = {r['workers']: r['rate'] for r in (s.rows if s else []) if r.get('workers') is not None}
+    return max(v for k, v in rates.items() if k) / rates[0] if 0 in rates and len(rates) > 1 else None
+
 def _gpu_peak(sections):
     s = sections.get('gpu')
     v = [r['peak_gb'] for r in (s.rows if s else []) if r.get('precision') == 'bf16' and r.get('ckpt') and r.get('peak_gb') is not None]
     return max(v) if v else None
 
 # %% ../nbs/14_bench.ipynb #7fb63f76
+def load_note(info: dict) -> str:
+    "A sentence saying the machine was shared and loaded when a 1-minute load average reached half its CPUs, else ''."
+    loads = [float(info[k].split(' / ')[0]) for k in ('load average (1/5/15 min)', 'load average at the end') if k in info]
+    cpus = info.get('logical CPUs') or os.cpu_count() or 1
+    if not loads or max(loads) < cpus / 2: return ''
+    return (f'The machine was shared and loaded (1-minute load average up to {max(loads):.1f} on {cpus} CPUs): timings are '
+            'slower and noisier than on a quiet machine; ratios timed interleaved suffer least.')
+
 def render_report(info:dict, sections:dict, *, command:str='', started:str='', wall_s:float|None=None) -> str:
     "BENCHMARKS.md: header (machine, versions, date, load), then every section, then the targets."
     head = ['# Benchmarks', '', f'Generated by `{command or "v2v-bench"}`' + (f' in {wall_s:.0f} s' if wall_s is not None else '') + '. '
             'Timings are medians of N calls after warm-up, in one process; comparisons are timed interleaved.', '',
+            *([load_note(info), ''] if load_note(info) else []),
             md_table([dict(key=k, value=v) for k, v in info.items()], {'key': 'machine', 'value': ''})]
     body = [s.to_markdown() for k, s in sections.items() if k != 'targets']
     return '\n'.join(head) + '\n' + ''.join(body) + (sections['targets'].to_markdown() if 'targets' in sections else '')
@@ -796,12 +1187,24 @@ def render_report(info:dict, sections:dict, *, command:str='', started:str='', w
 def write_report(path, info, sections, *, json_path=None, **kw) -> Path:
     "Write the Markdown report (and, when asked, the same figures as JSON)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(info, sections, **kw))
+    old = path.read_text() if path.exists() else ''
+    kept = old[old.index(GPU_CHECK_MARK):] if GPU_CHECK_MARK in old else ''
+    path.write_text(render_report(info, sections, **kw) + ('\n' + kept if kept else ''))
     if json_path: Path(json_path).write_text(json.dumps({'machine': info, 'sections': {k: s.to_json() for k, s in sections.items()}}, indent=1, default=str))
     return path
 
+def append_gpu_check(path, info: dict, section: Section) -> Path:
+    "Append one GPU check (machine table and section) under `GPU_CHECK_MARK` at the end of the report."
+    path = Path(path)
+    old = path.read_text() if path.exists() else ''
+    head = '' if GPU_CHECK_MARK in old else f'\n{GPU_CHECK_MARK}\n\n# GPU checks\n'
+    body = f"\n## GPU check: {info['GPU'] if info['GPU'] != 'none' else 'CPU (dry run)'}, {info['date (UTC)']}\n\n"
+    body += md_table([dict(key=k, value=v) for k, v in info.items()], {'key': 'machine', 'value': ''})
+    path.write_text(old + head + body + '\n' + section.to_markdown().replace('## ', '### ', 1))
+    return path
+
 # %% ../nbs/14_bench.ipynb #78494d2f
-SECTIONS = ('params', 'flops', 'train', 'speed', 'ddim', 'ingest', 'cache', 'gpu')
+SECTIONS = ('params', 'flops', 'train', 'equal', 'speed', 'ddim', 'ingest', 'cache', 'memory', 'eval', 'gpu')
 
 def _parser():
     p = argparse.ArgumentParser(prog='v2v-bench', description='Benchmarks of v2v-diffusion, written to a Markdown report.')
@@ -815,6 +1218,8 @@ def _parser():
     p.add_argument('--compile', dest='compile_', action=argparse.BooleanOptionalAction, default=None,
                    help='time torch.compile too (default: on, off with --quick)')
     p.add_argument('--seed-step', action=argparse.BooleanOptionalAction, default=None, help='time one seed-size U-Net step on this device (default: on, off with --quick)')
+    p.add_argument('--gpu-check', action='store_true', help='only the seed-config GPU check, appended to --out (needs CUDA)')
+    p.add_argument('--dry', action='store_true', help='with --gpu-check: the same path on the CPU with the tiny preset')
     return p
 
 # %% ../nbs/14_bench.ipynb #f35f2f71
@@ -834,11 +1239,14 @@ def run_sections(keys, sizes:BenchSizes, *, quick:bool, data_root, compile_:bool
     "Run the chosen sections, each guarded: a failing section becomes a note, not a crash."
     from v2v_diffusion.config import get_config
     runners = {'params': lambda: bench_params(), 'flops': lambda: bench_flops(get_config('tiny') if quick else None),
-               'train': lambda: bench_train(sizes), 'speed': lambda: bench_speed(sizes, compile_=compile_),
+               'train': lambda: bench_train(sizes), 'equal': lambda: bench_equal_work(sizes, get_config('tiny') if quick else None),
+               'speed': lambda: bench_speed(sizes, compile_=compile_),
                'ddim': lambda: bench_ddim(sizes, seed_step=seed_step),
                'ingest': lambda: bench_ingest(_ingest_datasets(data_root, quick, tmp), sizes),
                'cache': lambda: bench_cache(_data_zips(data_root, quick, tmp), sizes, cache_dir=Path(tmp) / 'cache', quick=quick),
-               'gpu': lambda: bench_gpu()}
+               'memory': lambda: bench_memory(get_config('tiny', ['data.height=64', 'data.width=64']) if quick else None,
+                                              caps=(1,) if quick else (16, 32, 80), check_cfg=get_config('tiny') if quick else None),
+               'eval': lambda: bench_eval(sizes), 'gpu': lambda: bench_gpu()}
     out = {}
     for k in keys:
         t0 = time.perf_counter()
@@ -853,6 +1261,7 @@ def bench_main(argv=None):
     import tempfile, warnings
     a = _parser().parse_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
+    if a.gpu_check: return run_gpu_check(a)
     keys = [k.strip() for k in a.only.split(',') if k.strip()]
     if bad := [k for k in keys if k not in SECTIONS]: raise SystemExit(f"v2v-bench: unknown section(s) {bad} (valid: {', '.join(SECTIONS)})")
     sizes = replace(QUICK if a.quick else BenchSizes(), **({'repeat': a.repeat} if a.repeat else {}))
@@ -868,3 +1277,15 @@ def bench_main(argv=None):
     path = write_report(a.out, info, sections, json_path=a.json, command=cmd.strip(), wall_s=time.perf_counter() - t0)
     print(f'v2v-bench: wrote {path} in {time.perf_counter() - t0:.0f} s')
     return sections
+
+def run_gpu_check(a) -> Section:
+    "`--gpu-check`: the seed-config GPU check (tiny on the CPU with `--dry`), appended to `a.out`."
+    from v2v_diffusion.config import get_config
+    if not a.dry and not torch.cuda.is_available(): raise SystemExit('v2v-bench --gpu-check: no CUDA device here (use --dry to test the path)')
+    t0 = time.perf_counter()
+    kw = dict(device='cpu', precisions=('bf16',), repeat=1, max_batch=2, volume_slices=20) if a.dry else {}
+    s = gpu_check(get_config('tiny') if a.dry else None, **kw)
+    s.notes.append(f'`v2v-bench --gpu-check{" --dry" if a.dry else ""}` in {time.perf_counter() - t0:.0f} s.')
+    path = append_gpu_check(a.out, machine_info(), s)
+    print(f'v2v-bench: appended the GPU check to {path} in {time.perf_counter() - t0:.0f} s')
+    return s

@@ -22,7 +22,7 @@ from .checkpoint import atomic_write_text, folder_lock
 __all__ = ['THICK_RATIO', 'CACHE_LOCK_WAIT', 'CaseRef', 'find_cases', 'PairedCase', 'pair_case', 'load_case',
            'native_thick_frames', 'sample_z', 'window_thick_z', 'resize_hu', 'window_base', 'ClipDataset',
            'split_cases', 'make_splits', 'load_cases', 'summary_table', 'prepare_dataset', 'prepare_main',
-           'build_dataloaders']
+           'usable_cpus', 'loader_workers', 'build_dataloaders']
 
 # %% ../nbs/04_data.ipynb #034d2928
 @dataclass(frozen=True)
@@ -378,8 +378,18 @@ def prepare_main(argv=None) -> dict:
 
 # %% ../nbs/04_data.ipynb #4953c2e8
 def _worker_init(worker_id: int):
-    "Distinct numpy seeds per worker (torch's are already distinct)."
+    "One torch thread per worker (no oversubscription) and distinct numpy seeds (torch's are already distinct)."
+    torch.set_num_threads(1)
     np.random.seed(torch.initial_seed() % 2 ** 32)
+
+def usable_cpus() -> int:
+    "CPUs this process may run on."
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+
+def loader_workers(requested: int, cpus: int | None = None) -> int:
+    "DataLoader workers: `requested`, at most one per CPU beyond the main process's, none on ≤ 2 CPUs."
+    cpus = usable_cpus() if cpus is None else cpus
+    return 0 if cpus <= 2 else max(0, min(requested, cpus - 1))
 
 def build_dataloaders(cfg: Config, *, distributed: bool = False, progress: bool = False) -> dict[str, DataLoader]:
     "Train/val/test DataLoaders of `ClipDataset` over the cached, split dataset in `cfg.data`."
@@ -388,12 +398,12 @@ def build_dataloaders(cfg: Config, *, distributed: bool = False, progress: bool 
     for r in rows:
         if 'error' in r: warnings.warn(f"case {r['case_id']} skipped: {r['error']}", DicomWarning)
     splits, by_id = make_splits(cases, dc), {c.case_id: c for c in cases}
-    out = {}
+    out, workers = {}, loader_workers(dc.num_workers)
     for name, ids in splits.items():
         train = name == 'train'
         ds = ClipDataset([by_id[i] for i in ids], dc, train=train, formulation=cfg.formulation)
         sampler = DistributedSampler(ds, shuffle=train, seed=cfg.train.seed) if distributed and len(ds) else None
         out[name] = DataLoader(ds, batch_size=dc.batch_size, shuffle=train and sampler is None and len(ds) > 0, sampler=sampler,
-                               num_workers=dc.num_workers, persistent_workers=dc.num_workers > 0, worker_init_fn=_worker_init,
+                               num_workers=workers, persistent_workers=workers > 0, worker_init_fn=_worker_init,
                                pin_memory=torch.cuda.is_available())
     return out
