@@ -91,7 +91,7 @@ class FormulationConfig:
 @dataclass
 class TrainConfig:
     "Optimisation, precision, checkpoints and validation."
-    stage: str = 'both'                 # 'vae' | 'diffusion' | 'regression' | 'both' (vae, diffusion) | 'all' (vae, regression, diffusion)
+    stage: str = 'both'                 # vae | diffusion | regression | both | all (vae, regression, diffusion)
     output_dir: str = 'runs/default'
     vae_max_steps: int = 20000          # optimizer steps of stage 1
     max_steps: int = 100000             # optimizer steps of stage 2

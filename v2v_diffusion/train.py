@@ -597,7 +597,8 @@ def validate_latent(unet: nn.Module, diffusion, vae: nn.Module, scale: float, va
     z = predict_latents(unet, diffusion, cond, shape, regression=regression, regressor=regressor, steps=steps,
                         eta=cfg.diffusion.ddim_eta, generator=g)
     pred = clip_output(decode(vae, z[0], scale).cpu(), val, cfg)
-    title = 'regression (EMA U-Net)' if regression else f'DDIM {steps} steps (EMA U-Net)' + (' + regression' if regressor else '')
+    title = 'regression (EMA U-Net)' if regression else f'DDIM {steps} steps (EMA U-Net)'
+    title += ' + regression' if regressor is not None else ''
     return compare_metrics(pred, val['thick'], val['thin'], val.get('base')), val_figure(val['thick'], pred, val['thin'], title)
 
 def _best_or_latest(cfg: Config, stage: str) -> Path | None:
@@ -656,9 +657,10 @@ def latent_stage(name: str, cfg: Config, data: Data, d: Dist, ckpt: dict | None 
     loss = RegressionLoss(net, diffusion, vae, scale, cfg, d.device) if reg else \
         DiffusionLoss(net, diffusion, vae, scale, cfg, d.device, regressor)
     steps = cfg.train.regression_max_steps if reg else cfg.train.max_steps
-    def models(): return {'vae': state_of(vae), 'unet': state_of(unet), 'unet_ema': state_of(ema), 'regressor': state_of(regressor)}
-    return Stage(name, loss, unet, lambda step: validate_latent(ema, diffusion, vae, scale, data.val, cfg, d.device, reg, regressor),
-                 models, steps, scale, ema)
+    def models(): return {'vae': state_of(vae), 'unet': state_of(unet), 'unet_ema': state_of(ema),
+                          'regressor': state_of(regressor)}
+    def validate(step): return validate_latent(ema, diffusion, vae, scale, data.val, cfg, d.device, reg, regressor)
+    return Stage(name, loss, unet, validate, models, steps, scale, ema)
 
 # %% ../nbs/10_train.ipynb #f6947c18
 def diffusion_loader(stage: Stage, cfg: Config, data: Data, d: Dist) -> DataLoader:
@@ -735,7 +737,7 @@ def claimed_run(train_fn: Callable) -> Callable:
     return run
 
 # %% ../nbs/10_train.ipynb #a7b49b2e
-STAGES = {'both': ['vae', 'diffusion'], 'all': ['vae', 'regression', 'diffusion']}    # the corrector needs the regression
+STAGES = {'both': ['vae', 'diffusion'], 'all': ['vae', 'regression', 'diffusion']}    # corrector after its regression
 
 @claimed_run
 def train(cfg: Config) -> dict:
