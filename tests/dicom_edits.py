@@ -45,3 +45,15 @@ def dciodvfy(files) -> tuple[list[str], list[str]]:
 def sample(files: list) -> list:
     "The first, middle and last of `files`: what the tests validate of each series (they differ only per slice)."
     return [files[i] for i in sorted({0, len(files) // 2, len(files) - 1})] if files else []
+
+# ---- geometry: a NIfTI and a DICOM series of the same volume must put its corners at the same place
+def assert_corners_agree(img, series, atol: float = 1e-3):
+    "The 8 corner voxels of the nibabel image `img` and of the read-back DICOM Volume `series` coincide in space."
+    import numpy as np
+    from v2v_diffusion.dicom import LPS_TO_RAS
+    nz, ny, nx = series.shape
+    r, c = series.orientation[:3] * series.spacing[2], series.orientation[3:] * series.spacing[1]
+    for k, i, j in np.ndindex(2, 2, 2):
+        k, i, j = k * (nz - 1), i * (ny - 1), j * (nx - 1)
+        lps = series.positions()[k] + j * r + i * c
+        np.testing.assert_allclose((img.affine @ [j, i, k, 1])[:3], LPS_TO_RAS[:3, :3] @ lps, atol=atol)

@@ -1,9 +1,10 @@
 """Issue 15, items 4-8: one bad case never stops the good ones, silent cache corruption is an error naming the file
 at read time, memory stays bounded, and the cache's files are written atomically by one v2v-prepare at a time."""
-import io, os, shutil, subprocess, sys, time, zipfile
+import io, os, shutil, time, zipfile
 from pathlib import Path
 import pydicom, pytest
 from dicom_edits import make_zip, edit
+from locks import lock_held_elsewhere
 import v2v_diffusion.dicom as dicom
 from v2v_diffusion.checkpoint import RunError, atomic_write_text
 from v2v_diffusion.data import find_cases, make_splits, prepare_dataset
@@ -112,15 +113,8 @@ def test_memory_bounds(tmp_path, src, monkeypatch):
 def test_one_prepare_per_cache_and_atomic_files(tmp_path, src, monkeypatch):
     "Items 4 and 5: a second v2v-prepare on a cache is refused; a failed write (full disk) leaves the old file whole."
     cache = tmp_path / 'cache'
-    code = ("import sys\nfrom v2v_diffusion.checkpoint import folder_lock\n"
-            f"with folder_lock({str(cache)!r}, 'v2v-prepare'):\n    print('locked', flush=True)\n    sys.stdin.read()")
-    p = subprocess.Popen([sys.executable, '-c', code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert p.stdout.readline().strip() == 'locked'
-        with pytest.raises(RunError, match='is in use by another'):
-            prepare_dataset(ROOT, cache, workers=0, progress=False)
-    finally:
-        p.communicate('')
+    with lock_held_elsewhere(cache, 'v2v-prepare'), pytest.raises(RunError, match='is in use by another'):
+        prepare_dataset(ROOT, cache, workers=0, progress=False)
     sp = make_splits(find_cases(ROOT), DataConfig(cache_dir=str(cache)))
     before = (cache / 'splits.json').read_bytes()
     def full_disk(fd): raise OSError(28, 'No space left on device')

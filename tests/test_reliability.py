@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 import v2v_diffusion.train as tr
+from locks import lock_held_elsewhere
 from v2v_diffusion.checkpoint import (CheckpointError, NonFiniteError, RunError, current_run_id, list_checkpoints,
                                       load_checkpoint, nonfinite_tensors, read_checksum)
 
@@ -97,15 +98,9 @@ def test_diverging_training_stops_without_saving_nan(tmp_path, cache_dir):
 def test_second_training_in_one_folder_is_refused(tmp_path, cache_dir):
     "Item 4: another process holds the run folder; a second training gets a clear error before touching anything."
     out = tmp_path / 'run'
-    code = ("import sys\nfrom v2v_diffusion.checkpoint import folder_lock\n"
-            f"with folder_lock({str(out)!r}, 'v2v-train'):\n    print('locked', flush=True)\n    sys.stdin.read()")
-    p = subprocess.Popen([sys.executable, '-c', code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert p.stdout.readline().strip() == 'locked'
+    with lock_held_elsewhere(out, 'v2v-train'):
         with pytest.raises(RunError, match='in use by another v2v-train'): tr.train(cfg_for(out, cache_dir))
         assert not (out / 'checkpoints').exists()
-    finally:
-        p.communicate('')
     assert tr.train(cfg_for(out, cache_dir, vae_steps=1))['vae']['steps'] == 1     # free again once it is gone
 
 
