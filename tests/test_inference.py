@@ -8,7 +8,7 @@ from v2v_diffusion.data import ClipDataset, PairedCase
 from v2v_diffusion.phantom import phantom_case
 from v2v_diffusion.inference import (sliding_window_z, window_starts, infer_volume, infer_posterior, export_volume, cond_frames,
                                      cond_positions, _resized_hu)
-from v2v_diffusion.evaluate import evaluate_case, evaluate_slice_drop, drop_slices
+from v2v_diffusion.evaluate import evaluate_case, evaluate_slice_drop, drop_slices, scored_slices
 from v2v_diffusion.base import SlabModel
 from v2v_diffusion.metrics import interpolate_z
 from v2v_diffusion.windowing import hu_to_unit
@@ -104,6 +104,16 @@ def test_two_seeds_give_different_samples(case):
     for p in pipe.unet.parameters(): torch.nn.init.normal_(p, std=0.02)
     a, b = (infer_posterior(pipe, case.thick, steps=2, seed=s, num_samples=2, progress=False) for s in (1, 2))
     assert np.abs(a.sample.hu - b.sample.hu).max() > 1e-2 and a.std.hu.max() > 0
+
+def test_paired_cases_are_scored_inside_the_thick_coverage_only(case):
+    lo, hi = case.thin_range()
+    assert 0 < hi - lo < len(case.thin.z)             # the phantom's thin series reaches beyond its thick slabs
+    np.testing.assert_array_equal(scored_slices(case), np.arange(lo, hi))
+    r = evaluate_case(tiny_pipeline(), case, steps=1, progress=False)
+    np.testing.assert_array_equal(r['score_z'], case.thin.z[lo:hi])
+    h = case.thick.spacing[0] / 2
+    assert case.thick.z.min() - h <= r['score_z'].min() and r['score_z'].max() <= case.thick.z.max() + h
+    assert all('psnr_all' in v and v['psnr_all'] != v['psnr'] for v in r['metrics'].values())
 
 def test_slice_drop_scores_only_the_dropped_slices(case):
     kept, dropped = drop_slices(case.thin, 2)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import argparse, json, os, re, shutil, sys, time
 from pathlib import Path
+import numpy as np
 import torch
 from .runtime import set_torch_threads
 from .windowing import Window
@@ -13,7 +14,8 @@ from .checkpoint import (CheckpointError, NonFiniteError, RunError, atomic_write
                                       load_pipeline)
 from . import data, train, phantom, bench
 from .inference import read_input, infer_posterior, export_posterior, montage
-from .evaluate import evaluate, volume_metrics, baseline_predictions
+from .data import PairedCase
+from .evaluate import evaluate, volume_metrics, baseline_predictions, scored_slices
 from .report import md_table, metric_table
 from .demo import run_demo, run_quality
 
@@ -154,10 +156,11 @@ def infer_main(argv=None) -> dict:
     return summary
 
 def _quick_metrics(pipe, thick, truth, thin) -> dict:
-    "PSNR/SSIM/HU MAE of the model and the interpolation baselines against the ground truth."
+    "PSNR/SSIM/HU MAE of the model and the interpolation baselines against the truth, on its `scored_slices`."
     w = Window(pipe.cfg.data.window_center, pipe.cfg.data.window_width)
     preds = baseline_predictions(thick, truth.z, pipe.cfg.formulation.slice_profile) | {'model': thin.hu}
-    return {m: {k: round(v, 4) for k, v in volume_metrics(p, truth.hu, w).items() if k in ('psnr', 'ssim', 'hu_mae')}
+    idx, gt = scored_slices(PairedCase('', '', thick, truth)), np.asarray(truth.hu)
+    return {m: {k: round(v, 4) for k, v in volume_metrics(p[idx], gt[idx], w).items() if k in ('psnr', 'ssim', 'hu_mae')}
             for m, p in preds.items() if p.shape == truth.hu.shape}
 
 # %% ../nbs/13_cli.ipynb #7744b6e1

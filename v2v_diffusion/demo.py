@@ -16,7 +16,7 @@ from .data import find_cases, load_case, make_splits, prepare_dataset
 from .train import make_config, train
 from .checkpoint import load_pipeline
 from .inference import infer_posterior, export_posterior
-from .evaluate import evaluate, evaluate_case, baseline_predictions, volume_metrics
+from .evaluate import evaluate, evaluate_case, baseline_predictions, volume_metrics, scored_slices
 from .windowing import Window
 from .report import md_table, metric_table, to_html, LABELS
 
@@ -115,7 +115,9 @@ def train_variant(demo_dir: Path, out: Path, formulation: dict, budget: dict):
 
 # %% ../nbs/11c_demo.ipynb #69625c87
 def _row(pred, case, window, seconds=None) -> dict:
-    m = volume_metrics(pred, case.thin.hu, window)
+    "PSNR, SSIM and HU MAE of `pred` on the case's `scored_slices`."
+    idx = scored_slices(case)
+    m = volume_metrics(np.asarray(pred)[idx], np.asarray(case.thin.hu)[idx], window)
     return {k: m[k] for k in ('psnr', 'ssim', 'hu_mae')} | ({'seconds': seconds} if seconds is not None else {})
 
 def _timed(fn):

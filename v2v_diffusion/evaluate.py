@@ -19,8 +19,8 @@ from .inference import infer_posterior, reconstruct_volume, resize_slices
 from .report import write_report
 
 # %% auto #0
-__all__ = ['volume_metrics', 'baseline_predictions', 'model_predictions', 'evaluate_case', 'drop_slices', 'evaluate_slice_drop',
-           'ms_ssim_note', 'evaluate']
+__all__ = ['volume_metrics', 'baseline_predictions', 'scored_slices', 'model_predictions', 'evaluate_case', 'drop_slices',
+           'evaluate_slice_drop', 'ms_ssim_note', 'evaluate']
 
 # %% ../nbs/11b_evaluate.ipynb #6780c045
 def volume_metrics(pred_hu, gt_hu, window: Window, mask=None) -> dict:
@@ -45,6 +45,11 @@ def baseline_predictions(thick: Volume, z, profile: str = 'boxcar') -> dict:
         out[f'{m}_dc'] = slabs.project(out[m], thick.hu)
     return out
 
+# %% ../nbs/11b_evaluate.ipynb #7fa7ff3a
+def scored_slices(case) -> np.ndarray:
+    "Indices of the thin slices a method is scored on: those inside the thick series' slab coverage."
+    return np.arange(*case.thin_range())
+
 # %% ../nbs/11b_evaluate.ipynb #4bc2952a
 def _at(hu, shape) -> np.ndarray:
     "HU resized in-plane to `shape` (a no-op when equal)."
@@ -63,18 +68,20 @@ def model_predictions(pipeline, thick: Volume, thin: Volume, *, regression=None,
     return dict(preds=preds, seconds=secs, posterior=post)
 
 def evaluate_case(pipeline, case, *, regression=None, score=None, progress: bool = True, **kw) -> dict:
-    "Predictions and metrics of every method for one paired case (scored on the slices `score`, default all)."
+    "Predictions and metrics of every method for one paired case, scored on `score` (default `scored_slices`)."
     thick, thin = case.thick, case.thin
     window = Window(pipeline.cfg.data.window_center, pipeline.cfg.data.window_width)
     preds = baseline_predictions(thick, thin.z, pipeline.cfg.formulation.slice_profile)
     mp = model_predictions(pipeline, thick, thin, regression=regression, progress=progress, **kw) if pipeline.unet is not None else {}
     preds = {**mp.get('preds', {}), **preds}
     preds = {m: _at(p, thin.hu.shape[1:]) for m, p in preds.items()}
-    idx = np.arange(len(thin.z)) if score is None else np.asarray(score)
-    gt = np.asarray(thin.hu, np.float32)[idx]
-    mask = body_mask(gt)
-    metrics = {m: volume_metrics(p[idx], gt, window, mask) | ({'seconds': mp['seconds'][m]} if m in mp.get('seconds', {}) else {})
+    idx = scored_slices(case) if score is None else np.asarray(score)
+    gt = np.asarray(thin.hu, np.float32)
+    mask, secs = body_mask(gt[idx]), mp.get('seconds', {})
+    metrics = {m: volume_metrics(p[idx], gt[idx], window, mask) | ({'seconds': secs[m]} if m in secs else {})
                for m, p in preds.items()}
+    if score is None:
+        for m, p in preds.items(): metrics[m]['psnr_all'] = float(psnr(hu_to_unit(p, window), hu_to_unit(gt, window)))
     return dict(case_id=case.case_id, category=getattr(case, 'category', ''), preds=preds, metrics=metrics, posterior=mp.get('posterior'),
                 thick_z=np.asarray(thick.z), thin_z=np.asarray(thin.z), score_z=np.asarray(thin.z)[idx])
 
@@ -98,6 +105,15 @@ def ms_ssim_note(results) -> str:
     "Which MS-SSIM the report's numbers are (fewer scales on small images)."
     n = ms_ssim_scales(min(results[0]['preds']['linear'].shape[-2:])) if results else 5
     return '5 scales (standard)' if n == 5 else f'{n} of 5 scales at this image size (renormalised weights)'
+
+def _scored_note(results, slice_drop: int) -> str:
+    "The header line saying which slices were scored."
+    if slice_drop:
+        return (f"Thick-only evaluation: every {slice_drop}nd slice of each thick series dropped, rebuilt from the "
+                "others and scored on the dropped slices only.")
+    n = ', '.join(f"{r['case_id']} {len(r['score_z'])} of {len(r['thin_z'])}" for r in results)
+    return (f"Scored on the thin slices inside the thick series' slab coverage ({n}); the others are extrapolation, "
+            "with no thick slice measuring them: `PSNR all z` is the PSNR over every thin slice.")
 
 def _split_refs(root, split: str, cfg, cache_dir, max_cases):
     refs = find_cases(root)
@@ -127,6 +143,5 @@ def evaluate(pipeline, root, out_dir, *, split: str = 'test', cache_dir=None, re
               f"Metrics on windowed intensities (window {window.center:g}/{window.width:g} HU → [−1, 1], data range 2); "
               f"`body` = inside the body mask; HU MAE against the truth clipped to the window; DC = data consistency "
               f"with the thick slices. MS-SSIM uses {ms_ssim_note(results)}.",
-              *([f"Thick-only evaluation: every {slice_drop}nd slice of each thick series dropped, rebuilt from the others "
-                 "and scored on the dropped slices only."] if slice_drop else []), *notes]
+              _scored_note(results, slice_drop), *notes]
     return write_report(results, out_dir, header=header, gts=gts, window=window) | dict(results=results)

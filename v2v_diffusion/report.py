@@ -23,7 +23,8 @@ LABELS = {'model': '**model (diffusion)**', 'model_sample': 'model, one sample',
           'cubic_dc': 'cubic interp. + DC'}
 COLUMNS = (('psnr', 'PSNR dB', '{:.2f}'), ('psnr_body', 'PSNR body', '{:.2f}'), ('ssim', 'SSIM', '{:.4f}'),
            ('ssim_body', 'SSIM body', '{:.4f}'), ('ms_ssim', 'MS-SSIM', '{:.4f}'), ('hu_mae', 'HU MAE', '{:.1f}'),
-           ('hu_mae_body', 'HU MAE body', '{:.1f}'), ('seconds', 'seconds', '{:.1f}'))
+           ('hu_mae_body', 'HU MAE body', '{:.1f}'), ('psnr_all', 'PSNR all z', '{:.2f}'),
+           ('seconds', 'seconds', '{:.1f}'))
 
 def summarize(results: list[dict], key: str = 'metrics') -> dict:
     "Mean of every scalar metric over cases, per method."
@@ -58,6 +59,9 @@ def verdict(summary: dict) -> str:
     s += (f"**The model beats the best baseline by {d:.2f} dB**" if d > 0 else
           f"**The model is {-d:.2f} dB below {LABELS[best]}: it does not beat the baseline here**")
     s += f", with {'higher' if m['ssim'] >= b['ssim'] else 'lower'} SSIM. "
+    if 'psnr_all' in m and 'psnr_all' in b:
+        s += (f"Over every thin slice, the extrapolated ones beyond the thick coverage included, the margin is "
+              f"{m['psnr_all'] - b['psnr_all']:.2f} dB. ")
     if (r := summary.get('regression')):
         dr = m['psnr'] - r['psnr']
         s += (f"The regression baseline (same U-Net, MSE) reaches {r['psnr']:.2f} dB: the diffusion model is "
