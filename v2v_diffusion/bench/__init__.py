@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = []
 
-# %% ../../nbs/14_bench.ipynb #e84a7cc5
+# %% ../../nbs/14_bench.ipynb #045275f5
 from .timing import *
 from .sections import *
 from .models import *
