@@ -8,7 +8,6 @@ import argparse, json, os, re, shutil, sys, time
 from pathlib import Path
 import torch
 from .runtime import set_torch_threads
-from .windowing import Window
 from .checkpoint import (CheckpointError, NonFiniteError, RunError, atomic_write_text, folder_lock,
                                       load_pipeline)
 from . import data, train, phantom, bench
@@ -155,7 +154,7 @@ def infer_main(argv=None) -> dict:
 
 def _quick_metrics(pipe, thick, truth, thin) -> dict:
     "PSNR/SSIM/HU MAE of the model and the interpolation baselines against the ground truth."
-    w = Window(pipe.cfg.data.window_center, pipe.cfg.data.window_width)
+    w = data.model_window(pipe.cfg.data)
     preds = baseline_predictions(thick, truth.z, pipe.cfg.formulation.slice_profile) | {'model': thin.hu}
     return {m: {k: round(v, 4) for k, v in volume_metrics(p, truth.hu, w).items() if k in ('psnr', 'ssim', 'hu_mae')}
             for m, p in preds.items() if p.shape == truth.hu.shape}

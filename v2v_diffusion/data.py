@@ -15,12 +15,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from .config import Config, DataConfig, FormulationConfig, load_config, get_config
 from .base import interpolation_base
 from .dicom import DicomError, DicomWarning, Volume, pick_thick_thin, read_dicom_tree
-from .windowing import hu_to_unit
+from .windowing import Window, hu_to_unit
 from .checkpoint import atomic_write_text, folder_lock
 
 # %% auto #0
 __all__ = ['THICK_RATIO', 'CACHE_LOCK_WAIT', 'CaseRef', 'find_cases', 'PairedCase', 'pair_case', 'load_case',
-           'native_thick_frames', 'sample_z', 'window_thick_z', 'resize_hu', 'window_base', 'ClipDataset',
+           'native_thick_frames', 'sample_z', 'window_thick_z', 'cond_frames', 'cond_positions', 'model_size',
+           'model_window', 'resize_slices', 'resize_hu', 'to_model', 'window_base', 'clip_inputs', 'ClipDataset',
            'split_cases', 'make_splits', 'load_cases', 'summary_table', 'prepare_dataset', 'prepare_main',
            'usable_cpus', 'loader_workers', 'build_dataloaders']
 
@@ -178,15 +179,43 @@ def window_thick_z(thin_z: np.ndarray, dz_thin: float, n_thick: int) -> np.ndarr
     lo, length = float(thin_z[0]) - dz_thin / 2, len(thin_z) * dz_thin
     return lo + (np.arange(n_thick) + 0.5) * length / n_thick
 
-def resize_hu(hu: np.ndarray, hw: tuple) -> torch.Tensor:
-    "(T,Y,X) HU → (T,H,W) float32 HU: antialiased bilinear resize (no copy of the size when equal)."
-    x = torch.from_numpy(np.ascontiguousarray(hu, np.float32))[None]
-    if tuple(x.shape[-2:]) != tuple(hw): x = F.interpolate(x, size=tuple(hw), mode='bilinear', antialias=True, align_corners=False)
-    return x[0]
+def _step(z: np.ndarray) -> float:
+    "Mean spacing of ascending positions `z` (1 position: 1)."
+    return (z[-1] - z[0]) / max(len(z) - 1, 1)
 
-def _to_unit(hu: np.ndarray, hw: tuple, dc: DataConfig) -> torch.Tensor:
-    "(T,Y,X) HU → (1,T,H,W) float32 in [-1,1]: antialiased bilinear resize, then the config's window."
-    return hu_to_unit(resize_hu(hu, hw)[None], (dc.window_center, dc.window_width))
+def cond_frames(dc: DataConfig) -> int:
+    "Frames Tk of a clip's thick condition: T when resampled, else the native rule."
+    return dc.n_frames if dc.thick_mode == 'resampled' else native_thick_frames(dc.n_frames)
+
+def cond_positions(z_window, Tk: int, dz: float | None = None) -> np.ndarray:
+    "z (mm) of the `Tk` condition frames of thin positions `z_window` spaced `dz` (default: their mean step)."
+    z = np.asarray(z_window, np.float64)
+    if Tk == len(z): return z
+    return window_thick_z(z, _step(z) if dz is None else dz, Tk)
+
+# %% ../nbs/04_data.ipynb #6b41362a
+def model_size(dc: DataConfig) -> tuple[int, int]:
+    "(H, W) of the model's clips."
+    return dc.height, dc.width
+
+def model_window(dc: DataConfig) -> Window:
+    "The HU window that maps to the model's [-1, 1]."
+    return Window(dc.window_center, dc.window_width)
+
+def resize_slices(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    "Resize the last two axes of `x` (…, H, W) to `size` (antialiased bilinear); unchanged when equal."
+    if tuple(x.shape[-2:]) == tuple(size): return x
+    y = F.interpolate(x.reshape(-1, 1, *x.shape[-2:]).float(), size=tuple(size), mode='bilinear',
+                      align_corners=False, antialias=True)
+    return y.reshape(*x.shape[:-2], *size).to(x.dtype)
+
+def resize_hu(hu, hw: tuple) -> torch.Tensor:
+    "HU (…,Y,X) array or memory map → (…,H,W) float32 tensor by `resize_slices` (no copy of the size when equal)."
+    return resize_slices(torch.from_numpy(np.ascontiguousarray(hu, np.float32)), hw)
+
+def to_model(hu, dc: DataConfig) -> torch.Tensor:
+    "HU (…,Y,X) → what the model sees, (…,H,W) in [-1, 1]: resized to the clip size, then the config's window."
+    return hu_to_unit(resize_hu(hu, model_size(dc)), model_window(dc))
 
 # %% ../nbs/04_data.ipynb #d2b6e3bb
 def window_base(thick: Volume, z: np.ndarray, dz: float, hw: tuple, f: FormulationConfig) -> torch.Tensor:
@@ -201,48 +230,54 @@ def window_base(thick: Volume, z: np.ndarray, dz: float, hw: tuple, f: Formulati
                            f.slice_profile)
     return torch.from_numpy(b[np.clip(np.rint((z - grid[0]) / dz).astype(int), 0, len(grid) - 1)])
 
+# %% ../nbs/04_data.ipynb #599b9bc8
+def clip_inputs(thick: Volume, z: np.ndarray, dc: DataConfig, f: FormulationConfig | None = None, *,
+                dz: float | None = None, interp: str = 'linear') -> dict:
+    "What the model sees at thin positions `z` (spacing `dz`) given `thick`: its frames, and the base with `f`."
+    dz = _step(z) if dz is None else dz
+    kz = cond_positions(z, cond_frames(dc), dz)
+    out = dict(thick=to_model(sample_z(thick, kz, interp), dc)[None], thick_z=torch.tensor(kz, dtype=torch.float32))
+    if f is None: return out
+    base = window_base(thick, z, dz, model_size(dc), f)
+    return out | dict(base=hu_to_unit(base, model_window(dc))[None], base_hu=base[None])
+
 # %% ../nbs/04_data.ipynb #a8de12f2
 class ClipDataset(Dataset):
-    "z-aligned clips of paired cases: thin (1,T,H,W), thick (1,Tk,H,W) in [-1,1], base and residual with `formulation`."
+    "z-aligned clips of paired cases: thin (1,T,H,W) and `clip_inputs` (thick, base and residual with `formulation`)."
     def __init__(self, cases: list[PairedCase], data_cfg: DataConfig, *, train: bool = True, interp: str = 'linear',
                  formulation: FormulationConfig | None = None):
-        self.cases, self.cfg, self.train, self.interp, self.formulation = list(cases), data_cfg, train, interp, formulation
-        self.T = data_cfg.n_frames
-        self.Tk = self.T if data_cfg.thick_mode == 'resampled' else native_thick_frames(self.T)
+        self.cases, self.cfg, self.train, self.interp = list(cases), data_cfg, train, interp
+        self.formulation, self.T, self.Tk = formulation, data_cfg.n_frames, cond_frames(data_cfg)
         self.ranges = [c.thin_range() for c in self.cases]
         for c, (lo, hi) in zip(self.cases, self.ranges):
-            if hi - lo < self.T: warnings.warn(f"{c.case_id}: {hi - lo} paired thin slices < n_frames={self.T}; edge slices repeat", DicomWarning)
-        self.index = [(ci, w) for ci, (lo, hi) in enumerate(self.ranges) for w in range(max(1, math.ceil((hi - lo) / self.T)))]
+            if hi - lo < self.T:
+                warnings.warn(f"{c.case_id}: {hi - lo} paired thin slices < n_frames={self.T}; edge slices repeat",
+                              DicomWarning)
+        self.index = [(ci, w) for ci, (lo, hi) in enumerate(self.ranges) for w in range(self._n_windows(lo, hi))]
 
     def __len__(self): return len(self.index)
 
+    def _n_windows(self, lo: int, hi: int) -> int: return max(1, math.ceil((hi - lo) / self.T))
+
     def window(self, i: int) -> np.ndarray:
         "Thin slice indices of item `i` (random start when training)."
-        ci, w = self.index[i]; lo, hi = self.ranges[ci]
-        n_start = max(hi - lo - self.T, 0) + 1
+        ci, w = self.index[i]
+        lo, hi = self.ranges[ci]
+        n_start, k = max(hi - lo - self.T, 0) + 1, self._n_windows(lo, hi)
         if self.train: start = lo + int(torch.randint(n_start, ()))
-        else:
-            k = max(1, math.ceil((hi - lo) / self.T))
-            start = lo + (round(w * (n_start - 1) / (k - 1)) if k > 1 else (n_start - 1) // 2)
+        else: start = lo + (round(w * (n_start - 1) / (k - 1)) if k > 1 else (n_start - 1) // 2)
         return np.clip(np.arange(start, start + self.T), lo, hi - 1)
 
-# %% ../nbs/04_data.ipynb #36cda65f
-def _getitem(self, i: int) -> dict:
-    case, idx, dc = self.cases[self.index[i][0]], self.window(i), self.cfg
-    tz = np.asarray(case.thin.z, float)[idx]
-    kz = tz if dc.thick_mode == 'resampled' else window_thick_z(tz, case.thin.spacing[0], self.Tk)
-    hw, window = (dc.height, dc.width), (dc.window_center, dc.window_width)
-    thin_hu = resize_hu(case.thin.hu[idx], hw)
-    item = dict(thin=hu_to_unit(thin_hu[None], window), thick=_to_unit(sample_z(case.thick, kz, self.interp), hw, dc),
-                case_id=case.case_id, category=case.category, z_start=float(tz[0]), z_end=float(tz[-1]),
-                thick_z=torch.tensor(kz, dtype=torch.float32))
-    if self.formulation is not None:
-        base = window_base(case.thick, tz, float(case.thin.spacing[0]), hw, self.formulation)
-        item |= dict(base=hu_to_unit(base[None], window), base_hu=base[None],
-                    residual=((thin_hu - base) / self.formulation.residual_hu)[None])
-    return item
-
-ClipDataset.__getitem__ = _getitem
+    def __getitem__(self, i: int) -> dict:
+        "Clip `i`: the thin target, its case and z-span, `clip_inputs` and the residual with a formulation."
+        case, idx, dc, f = self.cases[self.index[i][0]], self.window(i), self.cfg, self.formulation
+        tz, dz = np.asarray(case.thin.z, float)[idx], float(case.thin.spacing[0])
+        thin_hu = resize_hu(case.thin.hu[idx], model_size(dc))
+        item = dict(thin=hu_to_unit(thin_hu, model_window(dc))[None], case_id=case.case_id, category=case.category,
+                    z_start=float(tz[0]), z_end=float(tz[-1]))
+        item |= clip_inputs(case.thick, tz, dc, f, dz=dz, interp=self.interp)
+        if f is not None: item['residual'] = ((thin_hu - item['base_hu'][0]) / f.residual_hu)[None]
+        return item
 
 # %% ../nbs/04_data.ipynb #1a107077
 def split_cases(cases: list, val_frac: float, test_frac: float, seed: int) -> dict[str, list[str]]:

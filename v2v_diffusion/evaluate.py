@@ -14,8 +14,8 @@ from .windowing import hu_to_unit, unit_to_hu, Window
 from .metrics import psnr, ssim, ms_ssim, ms_ssim_scales, hu_mae, body_mask
 from .base import SlabModel, interpolate_z, INTERP_METHODS
 from .dicom import Volume
-from .data import PairedCase, find_cases, load_case, make_splits
-from .inference import infer_posterior, reconstruct_volume, resize_slices
+from .data import PairedCase, find_cases, load_case, make_splits, model_window, resize_slices
+from .inference import infer_posterior, reconstruct_volume
 from .report import write_report
 
 # %% auto #0
@@ -65,7 +65,7 @@ def model_predictions(pipeline, thick: Volume, thin: Volume, *, regression=None,
 def evaluate_case(pipeline, case, *, regression=None, score=None, progress: bool = True, **kw) -> dict:
     "Predictions and metrics of every method for one paired case (scored on the slices `score`, default all)."
     thick, thin = case.thick, case.thin
-    window = Window(pipeline.cfg.data.window_center, pipeline.cfg.data.window_width)
+    window = model_window(pipeline.cfg.data)
     preds = baseline_predictions(thick, thin.z, pipeline.cfg.formulation.slice_profile)
     mp = model_predictions(pipeline, thick, thin, regression=regression, progress=progress, **kw) if pipeline.unet is not None else {}
     preds = {**mp.get('preds', {}), **preds}
@@ -112,7 +112,7 @@ def evaluate(pipeline, root, out_dir, *, split: str = 'test', cache_dir=None, re
              max_cases: int | None = None, progress: bool = True, notes=(), **kw) -> dict:
     "Evaluate `pipeline` on the `split` ('train' | 'val' | 'test' | 'all') of the dataset at `root`; write the report."
     cfg = pipeline.cfg; cache = str(cache_dir or cfg.data.cache_dir)
-    window, results, gts, t0 = Window(cfg.data.window_center, cfg.data.window_width), [], {}, time.time()
+    window, results, gts, t0 = model_window(cfg.data), [], {}, time.time()
     for ref in tqdm(_split_refs(root, split, cfg, cache, max_cases), desc=f'evaluate {split}', disable=not progress, unit='case'):
         case = load_case(ref, cache_dir=cache)
         if slice_drop:

@@ -12,16 +12,16 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 from .config import Config
-from .windowing import hu_to_unit, unit_to_hu, Window
+from .windowing import hu_to_unit, unit_to_hu
 from .base import SlabModel, interpolation_base, interpolate_z, compose
 from .dicom import Volume, write_dicom_series, write_nifti, read_dicom_tree, pick_thick_thin
-from .data import native_thick_frames, window_thick_z, resize_hu, find_cases, load_case
+from .data import clip_inputs, find_cases, load_case, model_size, model_window, resize_hu, to_model
 from .formulation import vae_factor, space_to_depth, encode, decode, predict_latents
 
 # %% auto #0
-__all__ = ['thin_grid', 'window_starts', 'blend_weights', 'sliding_window_z', 'resize_slices', 'cond_frames', 'cond_positions',
-           'autocast_ctx', 'model_clips', 'Posterior', 'infer_posterior', 'infer_volume', 'read_input', 'montage',
-           'export_volume', 'export_posterior', 'reconstruct_volume']
+__all__ = ['thin_grid', 'window_starts', 'blend_weights', 'sliding_window_z', 'autocast_ctx', 'model_clips', 'Posterior',
+           'infer_posterior', 'infer_volume', 'read_input', 'montage', 'export_volume', 'export_posterior',
+           'reconstruct_volume']
 
 # %% ../nbs/11_inference.ipynb #75a7dbac
 def thin_grid(thick_z, spacing: float = 1.0, thickness: float | None = None) -> np.ndarray:
@@ -61,25 +61,6 @@ def sliding_window_z(fn, Z: int, T: int, overlap: int, batch_size: int = 1, prog
             acc[:, s:s + T] += o * w[None, :, None, None]; wsum[s:s + T] += w
     return (acc / wsum[None, :, None, None]).float()
 
-# %% ../nbs/11_inference.ipynb #f5f864b5
-def resize_slices(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    "Resize the last two axes of `x` (…, H, W) to `size` (antialiased bilinear); unchanged when equal."
-    if tuple(x.shape[-2:]) == tuple(size): return x
-    lead = x.shape[:-2]
-    y = F.interpolate(x.reshape(-1, 1, *x.shape[-2:]).float(), size=tuple(size), mode='bilinear', align_corners=False, antialias=True)
-    return y.reshape(*lead, *size).to(x.dtype)
-
-# %% ../nbs/11_inference.ipynb #55f37df1
-def cond_frames(cfg: Config) -> int:
-    "Frames Tk of the thick condition of a clip: T when resampled, else the data module's native rule."
-    return cfg.data.n_frames if cfg.data.thick_mode == 'resampled' else native_thick_frames(cfg.data.n_frames)
-
-def cond_positions(z_window: np.ndarray, Tk: int) -> np.ndarray:
-    "Positions of the `Tk` condition frames of a window of thin positions `z_window` (as `ClipDataset`)."
-    z = np.asarray(z_window, np.float64)
-    if Tk == len(z): return z
-    return window_thick_z(z, (z[-1] - z[0]) / max(len(z) - 1, 1), Tk)
-
 # %% ../nbs/11_inference.ipynb #2a6f2c33
 def _device(pipeline) -> torch.device: return next(pipeline.vae.parameters()).device
 
@@ -109,10 +90,6 @@ def _pad_grid(z: np.ndarray, T: int) -> tuple[np.ndarray, int]:
     lo = (T - len(z)) // 2
     return z[0] + dz * (np.arange(T) - lo), lo
 
-def _resized_hu(hu, size) -> np.ndarray:
-    "(Z,Y,X) HU → (Z,H,W) float32 HU at the model size (antialiased bilinear, as `ClipDataset`)."
-    return resize_hu(hu, size).numpy()
-
 @dataclass
 class Posterior:
     "What inference of one thick series gives: the mean of K outputs (the default), their std, one sample, the base."
@@ -126,19 +103,15 @@ class Posterior:
 def _conditions(cfg: Config, thick: Volume, base_pad: np.ndarray, z: np.ndarray):
     "A function: window starts → condition clips (n,1,Tc,H,W) in [-1,1] for the padded grid `z`."
     d, T = cfg.data, cfg.data.n_frames
-    window, hw = Window(d.window_center, d.window_width), (d.height, d.width)
     if cfg.formulation.condition == 'base':
-        base_m = hu_to_unit(resize_hu(base_pad, hw), window)
+        base_m = to_model(base_pad, d)
         return lambda starts: torch.stack([base_m[s:s + T] for s in starts])[:, None]
-    Tk, thick_m = cond_frames(cfg), _resized_hu(thick.hu, hw)
-    def thick_frames(starts):
-        cond = np.stack([interpolate_z(thick_m, thick.z, cond_positions(z[s:s + T], Tk), 'linear') for s in starts])
-        return hu_to_unit(torch.from_numpy(cond)[:, None], window)
-    return thick_frames
+    small = replace(thick, hu=resize_hu(thick.hu, model_size(d)).numpy())     # z and HU are all `clip_inputs` reads
+    return lambda starts: torch.stack([clip_inputs(small, z[s:s + T], d)['thick'] for s in starts])
 
 def _residuals(cfg: Config, targets: torch.Tensor, base: np.ndarray, slabs) -> np.ndarray:
     "(K,Z,Y,X) native HU residuals on the base from blended targets (K,Z,h,w), slab means removed when `slabs`."
-    f, w = cfg.formulation, Window(cfg.data.window_center, cfg.data.window_width)
+    f, w = cfg.formulation, model_window(cfg.data)
     out = []
     for t in targets:
         up = F.interpolate(t[:, None].float(), size=base.shape[1:], mode='bilinear', align_corners=False)[:, 0]
@@ -190,12 +163,10 @@ def _thin_volume(thick: Volume, hu: np.ndarray, z: np.ndarray, what: str = 'mean
 def read_input(source, case_id: str | None = None, cache_dir=None) -> tuple[Volume, Volume | None, str]:
     "(thick, thin ground truth or None, name) from a zip, a DICOM folder, or case `case_id` of a dataset root."
     if case_id:
-        from v2v_diffusion.data import find_cases, load_case
         refs = {r.case_id: r for r in find_cases(source)}
         if case_id not in refs: raise ValueError(f"{source}: no case {case_id!r} (cases: {', '.join(sorted(refs)[:10])}{' ...' if len(refs) > 10 else ''})")
         case = load_case(refs[case_id], cache_dir=cache_dir)
         return case.thick, case.thin, case_id
-    from v2v_diffusion.dicom import read_dicom_tree, pick_thick_thin
     thick, thin = pick_thick_thin(read_dicom_tree(source), require_thin=False)
     p = Path(source)
     return thick, thin, p.name if p.is_dir() else p.stem                   # folder names keep their dots
@@ -244,14 +215,14 @@ def reconstruct_volume(pipeline, vol: Volume, thick: Volume | None = None, *, ov
                        batch_size: int | None = None, progress: bool = False) -> Volume:
     "The VAE's reconstruction of `vol` (through its residual against `thick`'s base when the target is the residual)."
     cfg = pipeline.cfg; d, f, T = cfg.data, cfg.formulation, cfg.data.n_frames
-    window, hw, z0 = Window(d.window_center, d.window_width), (d.height, d.width), np.asarray(vol.z, np.float64)
+    window, hw, z0 = model_window(d), model_size(d), np.asarray(vol.z, np.float64)
     base, slabs = None, None
     if f.target == 'residual':
         if thick is None: raise ValueError("reconstruct_volume: the residual formulation needs the thick series")
         base = interpolation_base(thick.hu, thick.z, thick.thickness, z0, f.interp, f.data_consistency, f.slice_profile)
         slabs = SlabModel.of(thick.z, thick.thickness, z0, f.slice_profile) if f.data_consistency else None
         x = resize_hu(np.asarray(vol.hu, np.float32) - base, hw) / f.residual_hu
-    else: x = hu_to_unit(resize_hu(vol.hu, hw), window)
+    else: x = to_model(vol.hu, d)
     z, off = _pad_grid(z0, T)
     if off: x = torch.from_numpy(interpolate_z(x.numpy(), z0, z, 'nearest'))
     dev = _device(pipeline)
