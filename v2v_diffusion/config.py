@@ -13,10 +13,10 @@ import yaml
 __all__ = ['RANGES', 'PRESETS', 'MAX_CONFIG_BYTES', 'DataConfig', 'VAEConfig', 'UNetConfig', 'DiffusionConfig',
            'FormulationConfig', 'TrainConfig', 'InferConfig', 'Config', 'ConfigError', 'validate_config', 'in_range',
            'validate_ranges', 'config_from_dict', 'config_to_dict', 'get_config', 'parse_yaml', 'read_yaml',
-           'parse_overrides', 'save_config', 'load_config']
+           'parse_overrides', 'with_changes', 'save_config', 'load_config']
 
 # %% ../nbs/00_config.ipynb #65b339b4
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     "Where cases live and how clips are cut from them."
     root: str = 'data_samples'          # dataset root: `<category>/<case>.zip` or extracted folders
@@ -35,7 +35,7 @@ class DataConfig:
     num_workers: int = 2
 
 # %% ../nbs/00_config.ipynb #28b785bb
-@dataclass
+@dataclass(frozen=True)
 class VAEConfig:
     "2D+time KL-VAE: per-level channels, never downsampling T."
     in_channels: int = 1
@@ -50,7 +50,7 @@ class VAEConfig:
     grad_checkpointing: bool = False
 
 # %% ../nbs/00_config.ipynb #067d7d84
-@dataclass
+@dataclass(frozen=True)
 class UNetConfig:
     "Conditional latent U-Net: noisy thin latent ⊕ thick latent → ε (or v)."
     model_channels: int = 128
@@ -64,7 +64,7 @@ class UNetConfig:
     grad_checkpointing: bool = False
 
 # %% ../nbs/00_config.ipynb #4631cf9d
-@dataclass
+@dataclass(frozen=True)
 class DiffusionConfig:
     "Gaussian diffusion: schedule, parameterisation, sampler."
     num_train_steps: int = 1000
@@ -76,7 +76,7 @@ class DiffusionConfig:
     min_snr_gamma: float = 0.0          # 0 = off; e.g. 5.0 for min-SNR weighting
 
 # %% ../nbs/00_config.ipynb #e55e133a
-@dataclass
+@dataclass(frozen=True)
 class FormulationConfig:
     "What the model sees and predicts: the interpolation base, the residual, data consistency."
     condition: str = 'base'             # 'base': the whole-series interpolation on the window | 'thick': its own thick frames
@@ -88,7 +88,7 @@ class FormulationConfig:
     corrector: bool = False             # diffusion learns latents − the trained regression's (CorrDiff): stage=all
 
 # %% ../nbs/00_config.ipynb #df2291e7
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     "Optimisation, precision, checkpoints and validation."
     stage: str = 'both'                 # vae | diffusion | regression | both | all (vae, regression, diffusion)
@@ -118,7 +118,7 @@ class TrainConfig:
     recon_loss: str = 'l1'              # VAE reconstruction: 'l1' | 'mse'
 
 # %% ../nbs/00_config.ipynb #8966fd28
-@dataclass
+@dataclass(frozen=True)
 class InferConfig:
     "Whole-volume inference: sliding z-windows, sampling, export."
     overlap: int = 8                    # thin frames shared by neighbouring windows (blended)
@@ -130,7 +130,7 @@ class InferConfig:
     output_dir: str = 'runs/infer'
 
 # %% ../nbs/00_config.ipynb #6df919a1
-@dataclass
+@dataclass(frozen=True)
 class Config:
     "The root config: one section per concern."
     data: DataConfig = field(default_factory=DataConfig)
@@ -368,20 +368,37 @@ def read_yaml(path):
     except ConfigError as e: raise ConfigError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
 
 # %% ../nbs/00_config.ipynb #853b7126
+def _nest(flat: dict, what: str = 'key') -> dict:
+    "{'train.lr': 3e-4} → {'train': {'lr': 3e-4}}; `ConfigError` for a key that is not section.key."
+    out = {}
+    for key, v in flat.items():
+        parts = key.strip().split('.')
+        if len(parts) != 2: raise ConfigError(f"{what} {key!r} must be section.key, e.g. train.lr")
+        out.setdefault(parts[0], {})[parts[1]] = v
+    return out
+
+def _override_value(key: str, raw: str):
+    "The value of the override `key=raw`, parsed as YAML (and '3e-4' as a float)."
+    val = parse_yaml(raw, f'override {key}') if raw.strip() else ''
+    if isinstance(val, str):
+        try: val = float(val)        # PyYAML reads '3e-4' (no dot) as a string
+        except ValueError: pass
+    return val
+
 def parse_overrides(overrides: typing.Sequence[str]) -> dict:
     "Nested dict from `['train.lr=3e-4', ...]`; values parsed as YAML."
-    out = {}
+    flat = {}
     for o in overrides or ():
         if '=' not in o: raise ConfigError(f"override {o!r} is not of the form section.key=value")
         key, raw = o.split('=', 1)
-        parts = key.strip().split('.')
-        if len(parts) != 2: raise ConfigError(f"override key {key!r} must be section.key, e.g. train.lr")
-        val = parse_yaml(raw, f'override {key.strip()}') if raw.strip() else ''
-        if isinstance(val, str):
-            try: val = float(val)        # PyYAML reads '3e-4' (no dot) as a string
-            except ValueError: pass
-        out.setdefault(parts[0], {})[parts[1]] = val
-    return out
+        flat[key] = _override_value(key.strip(), raw)
+    return _nest(flat, 'override key')
+
+# %% ../nbs/00_config.ipynb #7ddc74e9
+def with_changes(cfg: Config, changes: dict | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    "A copy of `cfg` with dotted `changes` ({'train.lr': 3e-4}), then `overrides` (['train.lr=3e-4']), validated."
+    d = _merge(config_to_dict(cfg), _nest(changes or {}, 'change key'))
+    return config_from_dict(_merge(d, parse_overrides(overrides)))
 
 # %% ../nbs/00_config.ipynb #ea66f9df
 def save_config(cfg: Config, path) -> Path:

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
-from .config import Config, TrainConfig, get_config, load_config, validate_config, save_config, config_to_dict
+from .config import Config, TrainConfig, get_config, load_config, save_config, with_changes, config_to_dict
 from .checkpoint import (save_checkpoint, load_checkpoint, resolve_resume, latest_checkpoint, list_checkpoints,
                                       stage_suffix, rng_state, set_rng_state, code_version, state_of, atomic_save, CheckpointError)
 from .checkpoint import (NonFiniteError, RunError, nonfinite_tensors, current_run_id, open_run, folder_lock,
@@ -761,12 +761,10 @@ def make_config(preset: str | None = None, overrides=(), *, config=None, data_ro
     "A run's config: YAML file or preset (default v100), dotted overrides, then the named options."
     if config and preset: raise ValueError("give a YAML --config or a --preset, not both (a YAML may say `preset: tiny`)")
     cfg = load_config(config, overrides) if config else get_config(preset or 'v100', overrides)
-    if data_root: cfg.data.root = str(data_root)
-    if output_dir: cfg.train.output_dir = str(output_dir)
-    if stage: cfg.train.stage = stage
-    if max_steps: cfg.train.max_steps = cfg.train.vae_max_steps = int(max_steps)
-    if resume: cfg.train.resume = str(resume)
-    return validate_config(cfg)
+    steps = int(max_steps) if max_steps else None
+    named = {'data.root': data_root and str(data_root), 'train.output_dir': output_dir and str(output_dir),
+             'train.stage': stage, 'train.max_steps': steps, 'train.vae_max_steps': steps, 'train.resume': resume and str(resume)}
+    return with_changes(cfg, {k: v for k, v in named.items() if v})
 
 # %% ../nbs/10_train.ipynb #fafc0399
 def train_parser() -> argparse.ArgumentParser:
