@@ -4,13 +4,13 @@
 
 # %% ../nbs/00_config.ipynb #5698b6f4
 from __future__ import annotations
-import copy, dataclasses, math, os, re, types, typing
+import copy, dataclasses, math, os, re, types, typing, warnings
 from dataclasses import dataclass, field, asdict, fields, is_dataclass
 from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['RANGES', 'PRESETS', 'MAX_CONFIG_BYTES', 'DataConfig', 'VAEConfig', 'UNetConfig', 'DiffusionConfig',
+__all__ = ['RANGES', 'REMOVED_KEYS', 'PRESETS', 'MAX_CONFIG_BYTES', 'DataConfig', 'VAEConfig', 'UNetConfig', 'DiffusionConfig',
            'FormulationConfig', 'TrainConfig', 'InferConfig', 'Config', 'ConfigError', 'validate_config', 'in_range',
            'validate_ranges', 'config_from_dict', 'config_to_dict', 'get_config', 'parse_yaml', 'read_yaml',
            'parse_overrides', 'with_changes', 'save_config', 'load_config']
@@ -125,9 +125,7 @@ class InferConfig:
     batch_size: int = 2                 # windows denoised together
     seed: int = 0
     num_samples: int = 4                # K DDIM samples: the output is their mean, their std the uncertainty
-    use_ema: bool = True
     copy_patient_tags: bool = False     # False: de-identify the exported DICOM
-    output_dir: str = 'runs/infer'
 
 # %% ../nbs/00_config.ipynb #6df919a1
 @dataclass(frozen=True)
@@ -273,9 +271,22 @@ def validate_ranges(cfg: Config):
         raise ConfigError(f"train.min_lr={cfg.train.min_lr!r}: must be <= train.lr={cfg.train.lr!r}")
 
 # %% ../nbs/00_config.ipynb #79b48f74
+REMOVED_KEYS = {'infer.use_ema': 'the weights are chosen by `load_pipeline(use_ema=...)`, `v2v-infer --no-ema`',
+                'infer.output_dir': 'the output folder is `v2v-infer --out`'}
+
+def _drop_removed(d):
+    "`d` without the settings of `REMOVED_KEYS` (configs stored by older versions hold them), one warning each."
+    if not isinstance(d, dict): return d
+    out = {s: dict(sec) if isinstance(sec, dict) else sec for s, sec in d.items()}
+    for key, why in REMOVED_KEYS.items():
+        sec, name = key.split('.')
+        if isinstance(out.get(sec), dict) and out[sec].pop(name, None) is not None:
+            warnings.warn(f"config: {key} is no longer a setting and is ignored ({why})")
+    return out
+
 def config_from_dict(d: dict) -> Config:
-    "A validated `Config` from a (possibly partial) nested dict."
-    return validate_config(_section_from_dict(Config, d or {}, 'config'))
+    "A validated `Config` from a (possibly partial) nested dict; settings since removed are dropped with a warning."
+    return validate_config(_section_from_dict(Config, _drop_removed(d or {}), 'config'))
 
 def config_to_dict(cfg: Config) -> dict:
     "Plain nested dict of built-in types (tuples become lists): YAML- and `torch.save`-safe."
