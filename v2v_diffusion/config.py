@@ -79,8 +79,8 @@ class DiffusionConfig:
 @dataclass(frozen=True)
 class FormulationConfig:
     "What the model sees and predicts: the interpolation base, the residual, data consistency."
-    condition: str = 'base'             # 'base': the whole-series interpolation on the window | 'thick': its own thick frames
-    target: str = 'residual'            # 'residual': thin − base, output = base + residual | 'thin': the thin clip itself
+    condition: str = 'base'             # 'base': the whole-series interpolation on the window | 'thick': its frames
+    target: str = 'residual'            # 'residual': thin − base, output = base + residual | 'thin': the thin clip
     interp: str = 'cubic'               # interpolation of the base: 'nearest' | 'linear' | 'cubic'
     data_consistency: bool = True       # base and outputs keep each thick slab's mean equal to its thick slice
     slice_profile: str = 'boxcar'       # forward model of a thick slice: 'boxcar' | 'gaussian' (FWHM = SliceThickness)
@@ -277,17 +277,20 @@ def _validate_data(cfg: Config):
     for name in ('height', 'width'):
         if getattr(d, name) <= 0 or getattr(d, name) % f:
             _bad(f'data.{name}', getattr(d, name), f'must be positive and divisible by {f} (VAE × U-Net downsampling)')
-    if not 0 <= d.val_frac + d.test_frac < 1: _bad('data.val_frac+test_frac', d.val_frac + d.test_frac, 'must be in [0, 1)')
+    if not 0 <= d.val_frac + d.test_frac < 1:
+        _bad('data.val_frac+test_frac', d.val_frac + d.test_frac, 'must be in [0, 1)')
 
 def _validate_models(cfg: Config):
     "The VAE's and U-Net's own validators, the VAE's levels, DDIM steps and the inference overlap."
     v, df, n = cfg.vae, cfg.diffusion, cfg.data.n_frames
     check_vae_config(v)
-    if not 2 <= len(v.channels) <= 4: _bad('vae.channels', v.channels, 'need 2..4 levels (2x, 4x or 8x spatial downsampling)')
+    if not 2 <= len(v.channels) <= 4:
+        _bad('vae.channels', v.channels, 'need 2..4 levels (2x, 4x or 8x spatial downsampling)')
     check_unet_config(cfg.unet)
     if not 0 < df.ddim_steps <= df.num_train_steps:
         _bad('diffusion.ddim_steps', df.ddim_steps, f'must be in 1..{df.num_train_steps}')
-    if not 0 <= cfg.infer.overlap < n: _bad('infer.overlap', cfg.infer.overlap, f'must be in 0..data.n_frames-1={n - 1}')
+    if not 0 <= cfg.infer.overlap < n:
+        _bad('infer.overlap', cfg.infer.overlap, f'must be in 0..data.n_frames-1={n - 1}')
 
 # %% ../nbs/00_config.ipynb #79b48f74
 REMOVED_KEYS = {'infer.use_ema': 'the weights are chosen by `load_pipeline(use_ema=...)`, `v2v-infer --no-ema`',
@@ -433,7 +436,8 @@ def with_changes(cfg: Config, changes: dict | None = None, overrides: typing.Seq
 # %% ../nbs/00_config.ipynb #ea66f9df
 def save_config(cfg: Config, path) -> Path:
     "Write `cfg` as YAML, via a temp file and a rename: never half a file, even on a full disk."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
     try:
         tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
