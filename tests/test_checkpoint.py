@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from v2v_diffusion.config import get_config, config_to_dict
 from v2v_diffusion.checkpoint import *
+from v2v_diffusion.vae import VAE
+from v2v_diffusion.formulation import build_unet
 
 
 def _ckpt(step, model, opt, scaler):
@@ -121,3 +123,16 @@ def test_nonfinite_weights_are_never_saved(tmp_path):
     ck['models']['vae'] = {k: v * float('inf') if k.endswith('bias') else v for k, v in ck['models']['vae'].items()}
     with pytest.raises(NonFiniteError, match='models.vae.0.bias'): save_checkpoint(ck, tmp_path, suffix='tiny')
     assert list(tmp_path.iterdir()) == []
+
+
+def test_old_checkpoint_with_removed_settings_loads(tmp_path):
+    "A checkpoint whose stored config has settings since removed (infer.use_ema, infer.output_dir) still loads."
+    cfg = get_config('tiny')
+    old = config_to_dict(cfg)
+    old['infer'].update(use_ema=True, output_dir='runs/infer')
+    ck = _ckpt(1, *_trained(1)) | dict(config=old, stage='diffusion', models={
+        'vae': VAE(cfg.vae).state_dict(), 'unet': build_unet(cfg).state_dict(), 'unet_ema': None})
+    path = save_checkpoint(ck, tmp_path, suffix='tiny')['last']
+    with pytest.warns(UserWarning, match='infer.use_ema is no longer a setting'):
+        pipe = load_pipeline(path)
+    assert pipe.cfg == cfg and pipe.stage == 'diffusion'

@@ -4,10 +4,9 @@ import pydicom, nibabel as nib
 import pytest, torch
 from types import SimpleNamespace
 from v2v_diffusion.dicom import Volume, read_series, nifti_affine
-from v2v_diffusion.data import ClipDataset, PairedCase
+from v2v_diffusion.data import ClipDataset, PairedCase, cond_frames, cond_positions, resize_hu
 from v2v_diffusion.phantom import phantom_case
-from v2v_diffusion.inference import (sliding_window_z, window_starts, infer_volume, infer_posterior, export_volume, cond_frames,
-                                     cond_positions, _resized_hu)
+from v2v_diffusion.inference import sliding_window_z, window_starts, infer_volume, infer_posterior, export_volume
 from v2v_diffusion.evaluate import evaluate_case, evaluate_slice_drop, drop_slices, scored_slices
 from v2v_diffusion.base import SlabModel
 from v2v_diffusion.metrics import interpolate_z
@@ -51,9 +50,9 @@ def test_condition_matches_training_clips(case, mode):
     cfg = tiny_cfg(f'data.thick_mode={mode}')
     ds = ClipDataset([case], cfg.data, train=False)
     item = ds[0]; z = np.arange(item['z_start'], item['z_end'] + 0.5, case.thin.spacing[0])
-    Tk = cond_frames(cfg); assert item['thick'].shape[1] == Tk
+    Tk = cond_frames(cfg.data); assert item['thick'].shape[1] == Tk
     kz = cond_positions(z, Tk)
-    ours = hu_to_unit(interpolate_z(_resized_hu(case.thick.hu, (cfg.data.height, cfg.data.width)), case.thick.z, kz, 'linear'),
+    ours = hu_to_unit(interpolate_z(resize_hu(case.thick.hu, (cfg.data.height, cfg.data.width)).numpy(), case.thick.z, kz, 'linear'),
                       (cfg.data.window_center, cfg.data.window_width))
     np.testing.assert_allclose(ours, item['thick'][0].numpy(), atol=2e-5)
 

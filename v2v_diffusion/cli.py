@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from .runtime import set_torch_threads
-from .windowing import Window
 from .checkpoint import (CheckpointError, NonFiniteError, RunError, atomic_write_text, folder_lock,
                                       load_pipeline)
 from . import data, train, phantom, bench
@@ -157,7 +156,7 @@ def infer_main(argv=None) -> dict:
 
 def _quick_metrics(pipe, thick, truth, thin) -> dict:
     "PSNR/SSIM/HU MAE of the model and the interpolation baselines against the truth, on its `scored_slices`."
-    w = Window(pipe.cfg.data.window_center, pipe.cfg.data.window_width)
+    w = data.model_window(pipe.cfg.data)
     preds = baseline_predictions(thick, truth.z, pipe.cfg.formulation.slice_profile) | {'model': thin.hu}
     idx, gt = scored_slices(PairedCase('', '', thick, truth)), np.asarray(truth.hu)
     return {m: {k: round(v, 4) for k, v in volume_metrics(p[idx], gt[idx], w).items() if k in ('psnr', 'ssim', 'hu_mae')}

@@ -4,19 +4,19 @@
 
 # %% ../nbs/00_config.ipynb #5698b6f4
 from __future__ import annotations
-import copy, dataclasses, math, os, re, types, typing
+import copy, dataclasses, math, os, re, types, typing, warnings
 from dataclasses import dataclass, field, asdict, fields, is_dataclass
 from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['RANGES', 'PRESETS', 'MAX_CONFIG_BYTES', 'DataConfig', 'VAEConfig', 'UNetConfig', 'DiffusionConfig',
-           'FormulationConfig', 'TrainConfig', 'InferConfig', 'Config', 'ConfigError', 'validate_config', 'in_range',
-           'validate_ranges', 'config_from_dict', 'config_to_dict', 'get_config', 'parse_yaml', 'read_yaml',
-           'parse_overrides', 'save_config', 'load_config']
+__all__ = ['RANGES', 'REMOVED_KEYS', 'PRESETS', 'MAX_CONFIG_BYTES', 'DataConfig', 'VAEConfig', 'UNetConfig', 'DiffusionConfig',
+           'FormulationConfig', 'TrainConfig', 'InferConfig', 'Config', 'ConfigError', 'check_vae_config',
+           'check_unet_config', 'in_range', 'validate_ranges', 'validate_config', 'config_from_dict', 'config_to_dict',
+           'get_config', 'parse_yaml', 'read_yaml', 'parse_overrides', 'with_changes', 'save_config', 'load_config']
 
 # %% ../nbs/00_config.ipynb #65b339b4
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     "Where cases live and how clips are cut from them."
     root: str = 'data_samples'          # dataset root: `<category>/<case>.zip` or extracted folders
@@ -35,7 +35,7 @@ class DataConfig:
     num_workers: int = 2
 
 # %% ../nbs/00_config.ipynb #28b785bb
-@dataclass
+@dataclass(frozen=True)
 class VAEConfig:
     "2D+time KL-VAE: per-level channels, never downsampling T."
     in_channels: int = 1
@@ -50,7 +50,7 @@ class VAEConfig:
     grad_checkpointing: bool = False
 
 # %% ../nbs/00_config.ipynb #067d7d84
-@dataclass
+@dataclass(frozen=True)
 class UNetConfig:
     "Conditional latent U-Net: noisy thin latent ⊕ thick latent → ε (or v)."
     model_channels: int = 128
@@ -64,7 +64,7 @@ class UNetConfig:
     grad_checkpointing: bool = False
 
 # %% ../nbs/00_config.ipynb #4631cf9d
-@dataclass
+@dataclass(frozen=True)
 class DiffusionConfig:
     "Gaussian diffusion: schedule, parameterisation, sampler."
     num_train_steps: int = 1000
@@ -76,11 +76,11 @@ class DiffusionConfig:
     min_snr_gamma: float = 0.0          # 0 = off; e.g. 5.0 for min-SNR weighting
 
 # %% ../nbs/00_config.ipynb #e55e133a
-@dataclass
+@dataclass(frozen=True)
 class FormulationConfig:
     "What the model sees and predicts: the interpolation base, the residual, data consistency."
-    condition: str = 'base'             # 'base': the whole-series interpolation on the window | 'thick': its own thick frames
-    target: str = 'residual'            # 'residual': thin − base, output = base + residual | 'thin': the thin clip itself
+    condition: str = 'base'             # 'base': the whole-series interpolation on the window | 'thick': its frames
+    target: str = 'residual'            # 'residual': thin − base, output = base + residual | 'thin': the thin clip
     interp: str = 'cubic'               # interpolation of the base: 'nearest' | 'linear' | 'cubic'
     data_consistency: bool = True       # base and outputs keep each thick slab's mean equal to its thick slice
     slice_profile: str = 'boxcar'       # forward model of a thick slice: 'boxcar' | 'gaussian' (FWHM = SliceThickness)
@@ -88,7 +88,7 @@ class FormulationConfig:
     corrector: bool = False             # diffusion learns latents − the trained regression's (CorrDiff): stage=all
 
 # %% ../nbs/00_config.ipynb #df2291e7
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     "Optimisation, precision, checkpoints and validation."
     stage: str = 'both'                 # vae | diffusion | regression | both | all (vae, regression, diffusion)
@@ -118,19 +118,17 @@ class TrainConfig:
     recon_loss: str = 'l1'              # VAE reconstruction: 'l1' | 'mse'
 
 # %% ../nbs/00_config.ipynb #8966fd28
-@dataclass
+@dataclass(frozen=True)
 class InferConfig:
     "Whole-volume inference: sliding z-windows, sampling, export."
     overlap: int = 8                    # thin frames shared by neighbouring windows (blended)
     batch_size: int = 2                 # windows denoised together
     seed: int = 0
     num_samples: int = 4                # K DDIM samples: the output is their mean, their std the uncertainty
-    use_ema: bool = True
     copy_patient_tags: bool = False     # False: de-identify the exported DICOM
-    output_dir: str = 'runs/infer'
 
 # %% ../nbs/00_config.ipynb #6df919a1
-@dataclass
+@dataclass(frozen=True)
 class Config:
     "The root config: one section per concern."
     data: DataConfig = field(default_factory=DataConfig)
@@ -189,44 +187,33 @@ _CHOICES = {'data.thick_mode': ('native', 'resampled'), 'diffusion.schedule': ('
             'formulation.condition': ('base', 'thick'), 'formulation.target': ('residual', 'thin'),
             'formulation.interp': ('nearest', 'linear', 'cubic'), 'formulation.slice_profile': ('boxcar', 'gaussian')}
 
-def validate_config(cfg: Config) -> Config:
-    "Check rules across fields; raise `ConfigError` naming the key and value."
-    d = cfg.data
-    def bad(key, val, why): raise ConfigError(f"{key}={val!r}: {why}")
-    validate_ranges(cfg)
-    for key, choices in _CHOICES.items():
-        sec, name = key.split('.'); val = getattr(getattr(cfg, sec), name)
-        if val not in choices: bad(key, val, f"must be one of {choices}")
-    f = 2 ** (len(cfg.vae.channels) - 1) * 2 ** (len(cfg.unet.channel_mult) - 1)
-    for name in ('height', 'width'):
-        if getattr(d, name) <= 0 or getattr(d, name) % f:
-            bad(f'data.{name}', getattr(d, name), f'must be positive and divisible by {f} (VAE × U-Net downsampling)')
-    if d.window_width <= 0: bad('data.window_width', d.window_width, 'must be > 0')
-    if d.n_frames < 1: bad('data.n_frames', d.n_frames, 'must be >= 1')
-    if not 0 <= d.val_frac + d.test_frac < 1: bad('data.val_frac+test_frac', d.val_frac + d.test_frac, 'must be in [0, 1)')
-    _validate_models(cfg)
-    return cfg
+def _bad(key: str, val, why: str):
+    "Raise `ConfigError` `key=val: why`."
+    raise ConfigError(f"{key}={val!r}: {why}")
 
-# %% ../nbs/00_config.ipynb #968e5973
-def _validate_models(cfg: Config):
-    "Rules for the VAE, U-Net, diffusion and training sections."
-    v, u, df, t = cfg.vae, cfg.unet, cfg.diffusion, cfg.train
-    def bad(key, val, why): raise ConfigError(f"{key}={val!r}: {why}")
-    if len(v.channels) < 1 or min(v.channels) <= 0: bad('vae.channels', v.channels, 'need >= 1 positive width')
-    if any(c % v.norm_groups for c in v.channels): bad('vae.channels', v.channels, f'each must divide by vae.norm_groups={v.norm_groups}')
-    if v.temporal_kernel < 1 or v.temporal_kernel % 2 == 0: bad('vae.temporal_kernel', v.temporal_kernel, 'must be odd and >= 1')
-    if not 2 <= len(v.channels) <= 4: bad('vae.channels', v.channels, 'need 2..4 levels (2x, 4x or 8x spatial downsampling)')
-    if u.model_channels <= 0: bad('unet.model_channels', u.model_channels, 'must be > 0')
+def check_vae_config(v: VAEConfig):
+    "The one validator of a VAE section (the VAE's and `validate_config`'s): `ConfigError` naming the rule."
+    if not v.channels or min(v.channels) <= 0: _bad('vae.channels', v.channels, 'needs >= 1 positive width')
+    if any(c % v.norm_groups for c in v.channels):
+        _bad('vae.channels', v.channels, f'every entry must divide by norm_groups={v.norm_groups}')
+    if v.temporal_kernel < 1 or v.temporal_kernel % 2 == 0:
+        raise ConfigError(f"vae.temporal_kernel={v.temporal_kernel} must be odd and >= 1 (T is kept)")
+    if v.num_res_blocks < 1 or v.latent_channels < 1:
+        raise ConfigError(f"vae.num_res_blocks={v.num_res_blocks}, vae.latent_channels={v.latent_channels}: "
+                          "num_res_blocks and latent_channels must be >= 1")
+
+def check_unet_config(u: UNetConfig) -> list[int]:
+    "The widths of a U-Net's levels; its one validator (the U-Net's and `validate_config`'s)."
     widths = [u.model_channels * m for m in u.channel_mult]
-    if min(u.channel_mult) <= 0 or any(w % u.norm_groups for w in widths): bad('unet.channel_mult', u.channel_mult, f'widths {widths} must be positive and divide by unet.norm_groups={u.norm_groups}')
-    if any(not 0 <= l < len(u.channel_mult) for l in u.attention_levels): bad('unet.attention_levels', u.attention_levels, f'levels are 0..{len(u.channel_mult)-1}')
-    if any(widths[l] % u.num_heads for l in u.attention_levels): bad('unet.num_heads', u.num_heads, 'must divide the width of every attention level')
-    if not 0 < df.ddim_steps <= df.num_train_steps: bad('diffusion.ddim_steps', df.ddim_steps, f'must be in 1..{df.num_train_steps}')
-    for name in ('lr', 'grad_accum', 'max_grad_norm', 'checkpoint_every', 'validate_every', 'keep_last'):
-        if getattr(t, name) <= 0: bad(f'train.{name}', getattr(t, name), 'must be > 0')
-    if cfg.infer.num_samples < 1: bad('infer.num_samples', cfg.infer.num_samples, 'must be >= 1')
-    if cfg.formulation.residual_hu <= 0: bad('formulation.residual_hu', cfg.formulation.residual_hu, 'must be > 0')
-    if not 0 <= cfg.infer.overlap < cfg.data.n_frames: bad('infer.overlap', cfg.infer.overlap, f'must be in 0..data.n_frames-1={cfg.data.n_frames - 1}')
+    if u.model_channels < 1 or not widths or min(u.channel_mult) < 1 or any(w % u.norm_groups for w in widths):
+        _bad('unet.channel_mult', u.channel_mult, f'widths {widths} (model_channels × channel_mult) must be positive '
+             f'and divide by norm_groups={u.norm_groups}')
+    if any(not 0 <= l < len(widths) for l in u.attention_levels):
+        _bad('unet.attention_levels', u.attention_levels, f'valid levels are 0..{len(widths) - 1}')
+    if any(widths[l] % u.num_heads for l in (*u.attention_levels, -1)):
+        _bad('unet.num_heads', u.num_heads, 'must divide the width of every attention level and of the middle')
+    if u.num_res_blocks < 1: raise ConfigError(f"unet.num_res_blocks={u.num_res_blocks} must be >= 1")
+    return widths
 
 # %% ../nbs/00_config.ipynb #386d2eb4
 RANGES = {
@@ -272,10 +259,56 @@ def validate_ranges(cfg: Config):
     if cfg.train.min_lr > cfg.train.lr:
         raise ConfigError(f"train.min_lr={cfg.train.min_lr!r}: must be <= train.lr={cfg.train.lr!r}")
 
+# %% ../nbs/00_config.ipynb #7627063a
+def validate_config(cfg: Config) -> Config:
+    "Check rules across fields; raise `ConfigError` naming the key and value."
+    validate_ranges(cfg)
+    for key, choices in _CHOICES.items():
+        sec, name = key.split('.')
+        val = getattr(getattr(cfg, sec), name)
+        if val not in choices: _bad(key, val, f"must be one of {choices}")
+    _validate_data(cfg)
+    _validate_models(cfg)
+    return cfg
+
+def _validate_data(cfg: Config):
+    "Clip sizes divisible by the VAE × U-Net downsampling; validation and test fractions below 1."
+    d, f = cfg.data, 2 ** (len(cfg.vae.channels) - 1) * 2 ** (len(cfg.unet.channel_mult) - 1)
+    for name in ('height', 'width'):
+        if getattr(d, name) <= 0 or getattr(d, name) % f:
+            _bad(f'data.{name}', getattr(d, name), f'must be positive and divisible by {f} (VAE × U-Net downsampling)')
+    if not 0 <= d.val_frac + d.test_frac < 1:
+        _bad('data.val_frac+test_frac', d.val_frac + d.test_frac, 'must be in [0, 1)')
+
+def _validate_models(cfg: Config):
+    "The VAE's and U-Net's own validators, the VAE's levels, DDIM steps and the inference overlap."
+    v, df, n = cfg.vae, cfg.diffusion, cfg.data.n_frames
+    check_vae_config(v)
+    if not 2 <= len(v.channels) <= 4:
+        _bad('vae.channels', v.channels, 'need 2..4 levels (2x, 4x or 8x spatial downsampling)')
+    check_unet_config(cfg.unet)
+    if not 0 < df.ddim_steps <= df.num_train_steps:
+        _bad('diffusion.ddim_steps', df.ddim_steps, f'must be in 1..{df.num_train_steps}')
+    if not 0 <= cfg.infer.overlap < n:
+        _bad('infer.overlap', cfg.infer.overlap, f'must be in 0..data.n_frames-1={n - 1}')
+
 # %% ../nbs/00_config.ipynb #79b48f74
+REMOVED_KEYS = {'infer.use_ema': 'the weights are chosen by `load_pipeline(use_ema=...)`, `v2v-infer --no-ema`',
+                'infer.output_dir': 'the output folder is `v2v-infer --out`'}
+
+def _drop_removed(d):
+    "`d` without the settings of `REMOVED_KEYS` (configs stored by older versions hold them), one warning each."
+    if not isinstance(d, dict): return d
+    out = {s: dict(sec) if isinstance(sec, dict) else sec for s, sec in d.items()}
+    for key, why in REMOVED_KEYS.items():
+        sec, name = key.split('.')
+        if isinstance(out.get(sec), dict) and out[sec].pop(name, None) is not None:
+            warnings.warn(f"config: {key} is no longer a setting and is ignored ({why})")
+    return out
+
 def config_from_dict(d: dict) -> Config:
-    "A validated `Config` from a (possibly partial) nested dict."
-    return validate_config(_section_from_dict(Config, d or {}, 'config'))
+    "A validated `Config` from a (possibly partial) nested dict; settings since removed are dropped with a warning."
+    return validate_config(_section_from_dict(Config, _drop_removed(d or {}), 'config'))
 
 def config_to_dict(cfg: Config) -> dict:
     "Plain nested dict of built-in types (tuples become lists): YAML- and `torch.save`-safe."
@@ -368,25 +401,43 @@ def read_yaml(path):
     except ConfigError as e: raise ConfigError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
 
 # %% ../nbs/00_config.ipynb #853b7126
+def _nest(flat: dict, what: str = 'key') -> dict:
+    "{'train.lr': 3e-4} → {'train': {'lr': 3e-4}}; `ConfigError` for a key that is not section.key."
+    out = {}
+    for key, v in flat.items():
+        parts = key.strip().split('.')
+        if len(parts) != 2: raise ConfigError(f"{what} {key!r} must be section.key, e.g. train.lr")
+        out.setdefault(parts[0], {})[parts[1]] = v
+    return out
+
+def _override_value(key: str, raw: str):
+    "The value of the override `key=raw`, parsed as YAML (and '3e-4' as a float)."
+    val = parse_yaml(raw, f'override {key}') if raw.strip() else ''
+    if isinstance(val, str):
+        try: val = float(val)        # PyYAML reads '3e-4' (no dot) as a string
+        except ValueError: pass
+    return val
+
 def parse_overrides(overrides: typing.Sequence[str]) -> dict:
     "Nested dict from `['train.lr=3e-4', ...]`; values parsed as YAML."
-    out = {}
+    flat = {}
     for o in overrides or ():
         if '=' not in o: raise ConfigError(f"override {o!r} is not of the form section.key=value")
         key, raw = o.split('=', 1)
-        parts = key.strip().split('.')
-        if len(parts) != 2: raise ConfigError(f"override key {key!r} must be section.key, e.g. train.lr")
-        val = parse_yaml(raw, f'override {key.strip()}') if raw.strip() else ''
-        if isinstance(val, str):
-            try: val = float(val)        # PyYAML reads '3e-4' (no dot) as a string
-            except ValueError: pass
-        out.setdefault(parts[0], {})[parts[1]] = val
-    return out
+        flat[key] = _override_value(key.strip(), raw)
+    return _nest(flat, 'override key')
+
+# %% ../nbs/00_config.ipynb #7ddc74e9
+def with_changes(cfg: Config, changes: dict | None = None, overrides: typing.Sequence[str] = ()) -> Config:
+    "A copy of `cfg` with dotted `changes` ({'train.lr': 3e-4}), then `overrides` (['train.lr=3e-4']), validated."
+    d = _merge(config_to_dict(cfg), _nest(changes or {}, 'change key'))
+    return config_from_dict(_merge(d, parse_overrides(overrides)))
 
 # %% ../nbs/00_config.ipynb #ea66f9df
 def save_config(cfg: Config, path) -> Path:
     "Write `cfg` as YAML, via a temp file and a rename: never half a file, even on a full disk."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
     try:
         tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))

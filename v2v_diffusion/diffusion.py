@@ -17,14 +17,14 @@ __all__ = ['SCHEDULES', 'PREDICTIONS', 'MSSSIM_WEIGHTS', 'cosine_beta_schedule',
 
 # %% ../nbs/07_diffusion.ipynb #4d3eed0d
 def cosine_beta_schedule(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
-    "Nichol & Dhariwal 2021, eq. 17: ᾱ(t) = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s)·π/2); β_t = 1 − ᾱ_t/ᾱ_{t−1} ≤ `max_beta`. float64."
+    "Nichol & Dhariwal 2021, eq. 17: ᾱ(t) = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s)·π/2); β ≤ `max_beta`. float64."
     t = torch.arange(num_steps + 1, dtype=torch.float64) / num_steps
     f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
     alphas_cumprod = f / f[0]
     return (1 - alphas_cumprod[1:] / alphas_cumprod[:-1]).clamp(max=max_beta)
 
 def linear_beta_schedule(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
-    "Ho et al. 2020: β linear from 1e-4 to 0.02 at 1000 steps (scaled by 1000/num_steps, as in Nichol & Dhariwal). float64."
+    "Ho et al. 2020: β linear from 1e-4 to 0.02 at 1000 steps (× 1000/num_steps, as Nichol & Dhariwal). float64."
     scale = 1000 / num_steps
     return torch.linspace(beta_start * scale, beta_end * scale, num_steps, dtype=torch.float64)
 
@@ -45,49 +45,83 @@ def extract(a: torch.Tensor, t: torch.Tensor, shape: tuple) -> torch.Tensor:
 # %% ../nbs/07_diffusion.ipynb #721e21e7
 PREDICTIONS = ('eps', 'v')
 
+def _schedule_buffers(betas: torch.Tensor) -> dict:
+    "The named schedule tensors of the math (float64) from β_1..β_T."
+    ac = torch.cumprod(1 - betas, 0)
+    prev = torch.cat([ac.new_ones(1), ac[:-1]])
+    return dict(betas=betas, alphas_cumprod=ac, alphas_cumprod_prev=prev, sqrt_alphas_cumprod=ac.sqrt(),
+                sqrt_one_minus_alphas_cumprod=(1 - ac).sqrt(), sqrt_recip_alphas_cumprod=(1 / ac).sqrt(),
+                sqrt_recipm1_alphas_cumprod=(1 / ac - 1).sqrt(), snr=ac / (1 - ac),
+                posterior_variance=betas * (1 - prev) / (1 - ac),                  # β̃_t, DDPM eq. 7
+                posterior_mean_coef1=betas * prev.sqrt() / (1 - ac),
+                posterior_mean_coef2=(1 - prev) * (1 - betas).sqrt() / (1 - ac))
+
+def _check_diffusion_config(cfg: DiffusionConfig):
+    "`ValueError` for an unknown prediction or a negative loss weight."
+    if cfg.prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {cfg.prediction!r} (valid: {', '.join(PREDICTIONS)})")
+    if cfg.msssim_weight < 0 or cfg.min_snr_gamma < 0: raise ValueError("msssim_weight and min_snr_gamma must be >= 0")
+
 class GaussianDiffusion(nn.Module):
     "The diffusion process of `cfg`: schedule buffers, q_sample, parameterisations, the training loss."
     def __init__(self, cfg: DiffusionConfig, *, dtype: torch.dtype = torch.float32):
         super().__init__()
-        if cfg.prediction not in PREDICTIONS: raise ValueError(f"unknown prediction {cfg.prediction!r} (valid: {', '.join(PREDICTIONS)})")
-        if cfg.msssim_weight < 0 or cfg.min_snr_gamma < 0: raise ValueError("msssim_weight and min_snr_gamma must be >= 0")
+        _check_diffusion_config(cfg)
         self.cfg, self.num_train_steps = cfg, cfg.num_train_steps
-        betas = make_beta_schedule(cfg.schedule, cfg.num_train_steps)
-        alphas_cumprod = torch.cumprod(1 - betas, 0)
-        alphas_cumprod_prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
-        self.alphas_cumprod_f64 = alphas_cumprod                      # float64 on the CPU, for the samplers
-        reg = lambda name, v: self.register_buffer(name, v.to(dtype), persistent=False)   # derived in float64
-        reg('betas', betas); reg('alphas_cumprod', alphas_cumprod); reg('alphas_cumprod_prev', alphas_cumprod_prev)
-        reg('sqrt_alphas_cumprod', alphas_cumprod.sqrt()); reg('sqrt_one_minus_alphas_cumprod', (1 - alphas_cumprod).sqrt())
-        reg('sqrt_recip_alphas_cumprod', (1 / alphas_cumprod).sqrt()); reg('sqrt_recipm1_alphas_cumprod', (1 / alphas_cumprod - 1).sqrt())
-        reg('snr', alphas_cumprod / (1 - alphas_cumprod))
-        posterior_variance = betas * (1 - alphas_cumprod_prev) / (1 - alphas_cumprod)   # β̃_t, DDPM eq. 7
-        reg('posterior_variance', posterior_variance)
-        reg('posterior_mean_coef1', betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod))
-        reg('posterior_mean_coef2', (1 - alphas_cumprod_prev) * (1 - betas).sqrt() / (1 - alphas_cumprod))
+        bufs = _schedule_buffers(make_beta_schedule(cfg.schedule, cfg.num_train_steps))
+        self.alphas_cumprod_f64 = bufs['alphas_cumprod']                 # float64 on the CPU, for the samplers
+        for name, v in bufs.items(): self.register_buffer(name, v.to(dtype), persistent=False)   # rounded once
 
-# %% ../nbs/07_diffusion.ipynb #ccae9ece
-def _q_sample(self: GaussianDiffusion, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    "x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε."
-    return extract(self.sqrt_alphas_cumprod, t, x0.shape) * x0 + extract(self.sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise
+    def _at(self, name: str, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        "Buffer `name` at timesteps `t`, shaped to broadcast against `x`."
+        return extract(getattr(self, name), t, x.shape)
 
-def _velocity(self: GaussianDiffusion, x0, noise, t):
-    "v = √ᾱ_t ε − √(1−ᾱ_t) x_0."
-    return extract(self.sqrt_alphas_cumprod, t, x0.shape) * noise - extract(self.sqrt_one_minus_alphas_cumprod, t, x0.shape) * x0
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        "x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε."
+        return self._at('sqrt_alphas_cumprod', t, x0) * x0 + self._at('sqrt_one_minus_alphas_cumprod', t, x0) * noise
 
-def _predict_x0(self: GaussianDiffusion, model_output, x_t, t):
-    "x̂_0 from the model output: (x_t − √(1−ᾱ) ε̂)/√ᾱ for ε, √ᾱ x_t − √(1−ᾱ) v̂ for v."
-    if self.cfg.prediction == 'eps':
-        return extract(self.sqrt_recip_alphas_cumprod, t, x_t.shape) * x_t - extract(self.sqrt_recipm1_alphas_cumprod, t, x_t.shape) * model_output
-    return extract(self.sqrt_alphas_cumprod, t, x_t.shape) * x_t - extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape) * model_output
+    def velocity(self, x0, noise, t):
+        "v = √ᾱ_t ε − √(1−ᾱ_t) x_0."
+        return self._at('sqrt_alphas_cumprod', t, x0) * noise - self._at('sqrt_one_minus_alphas_cumprod', t, x0) * x0
 
-def _predict_eps(self: GaussianDiffusion, model_output, x_t, t):
-    "ε̂ from the model output (ε: itself; v: √ᾱ v̂ + √(1−ᾱ) x_t)."
-    if self.cfg.prediction == 'eps': return model_output
-    return extract(self.sqrt_alphas_cumprod, t, x_t.shape) * model_output + extract(self.sqrt_one_minus_alphas_cumprod, t, x_t.shape) * x_t
+    def predict_x0(self, model_output, x_t, t):
+        "x̂_0 from the model output: (x_t − √(1−ᾱ) ε̂)/√ᾱ for ε, √ᾱ x_t − √(1−ᾱ) v̂ for v."
+        if self.cfg.prediction == 'eps':
+            return (self._at('sqrt_recip_alphas_cumprod', t, x_t) * x_t
+                    - self._at('sqrt_recipm1_alphas_cumprod', t, x_t) * model_output)
+        return (self._at('sqrt_alphas_cumprod', t, x_t) * x_t
+                - self._at('sqrt_one_minus_alphas_cumprod', t, x_t) * model_output)
 
-GaussianDiffusion.q_sample, GaussianDiffusion.velocity = _q_sample, _velocity
-GaussianDiffusion.predict_x0, GaussianDiffusion.predict_eps = _predict_x0, _predict_eps
+    def predict_eps(self, model_output, x_t, t):
+        "ε̂ from the model output (ε: itself; v: √ᾱ v̂ + √(1−ᾱ) x_t)."
+        if self.cfg.prediction == 'eps': return model_output
+        return (self._at('sqrt_alphas_cumprod', t, x_t) * model_output
+                + self._at('sqrt_one_minus_alphas_cumprod', t, x_t) * x_t)
+
+    def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
+        "Per-sample weight of the MSE: min-SNR-γ when `min_snr_gamma > 0`, else 1."
+        g = self.cfg.min_snr_gamma
+        if g <= 0: return torch.ones(t.shape, device=t.device)
+        snr = extract(self.snr, t, t.shape)
+        return snr.clamp(max=g) / (snr if self.cfg.prediction == 'eps' else snr + 1)
+
+    def training_loss(self, model, x0: torch.Tensor, cond: torch.Tensor, *, generator: torch.Generator | None = None,
+                      t: torch.Tensor | None = None, noise: torch.Tensor | None = None):
+        "(loss, {'loss', 'mse'[, 'msssim']} as floats) for latents x0 (B,C,T,h,w) given `cond`; t ~ U{0..T−1}."
+        B, dev = x0.shape[0], x0.device
+        if t is None: t = torch.randint(0, self.num_train_steps, (B,), device=dev, generator=generator)
+        if noise is None: noise = torch.randn(x0.shape, device=dev, dtype=x0.dtype, generator=generator)
+        x_t = self.q_sample(x0, t, noise)
+        out = model(x_t, t, cond).float()
+        target = noise if self.cfg.prediction == 'eps' else self.velocity(x0, noise, t)
+        mse = (out - target.float()).square().mean(dim=tuple(range(1, x0.ndim)))
+        loss = (self.loss_weight(t) * mse).mean()
+        stats = {'mse': mse.detach().mean()}
+        if self.cfg.msssim_weight > 0:
+            stats['msssim'] = latent_ms_ssim(self.predict_x0(out, x_t.float(), t), x0)
+            loss = loss + self.cfg.msssim_weight * (1 - stats['msssim'])
+        stats['loss'] = loss.detach()
+        return loss, {k: float(v) for k, v in stats.items()}
 
 # %% ../nbs/07_diffusion.ipynb #9960f872
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -98,7 +132,8 @@ def latent_ms_ssim(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 6.0,
     x, y = (z.float().transpose(1, 2).reshape(B * T, C, h, w) for z in (x, y))
     levels = max(l for l in range(1, 6) if min(h, w) > (win_size - 1) * 2 ** (l - 1)) if min(h, w) >= win_size else 0
     if levels == 0: raise ValueError(f"latent_ms_ssim: latents of {h}×{w} are smaller than win_size={win_size}")
-    weights = x.new_tensor(MSSSIM_WEIGHTS[:levels]); weights = weights / weights.sum()
+    weights = x.new_tensor(MSSSIM_WEIGHTS[:levels])
+    weights = weights / weights.sum()
     win = _fspecial_gauss_1d(win_size, 1.5).to(x).repeat([C, 1, 1, 1])
     mcs = []
     for i in range(levels):
@@ -109,92 +144,71 @@ def latent_ms_ssim(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 6.0,
     vals = torch.stack(mcs + [torch.relu(ssim_pc)], 0)
     return torch.prod(vals ** weights.view(-1, 1, 1), 0).mean()
 
-# %% ../nbs/07_diffusion.ipynb #c99aed72
-def _loss_weight(self: GaussianDiffusion, t: torch.Tensor) -> torch.Tensor:
-    "Per-sample weight of the MSE: min-SNR-γ when `min_snr_gamma > 0`, else 1."
-    g = self.cfg.min_snr_gamma
-    if g <= 0: return torch.ones(t.shape, device=t.device)
-    snr = extract(self.snr, t, t.shape)
-    return snr.clamp(max=g) / (snr if self.cfg.prediction == 'eps' else snr + 1)
-GaussianDiffusion.loss_weight = _loss_weight
-
-# %% ../nbs/07_diffusion.ipynb #132882f8
-def _training_loss(self: GaussianDiffusion, model, x0: torch.Tensor, cond: torch.Tensor, *, generator: torch.Generator | None = None,
-                  t: torch.Tensor | None = None, noise: torch.Tensor | None = None):
-    "(loss, {'loss', 'mse'[, 'msssim']} as floats) for clean latents x0 (B,C,T,h,w) and condition `cond`; t ~ U{0..T−1}."
-    B, dev = x0.shape[0], x0.device
-    if t is None: t = torch.randint(0, self.num_train_steps, (B,), device=dev, generator=generator)
-    if noise is None: noise = torch.randn(x0.shape, device=dev, dtype=x0.dtype, generator=generator)
-    x_t = self.q_sample(x0, t, noise)
-    out = model(x_t, t, cond).float()
-    target = noise if self.cfg.prediction == 'eps' else self.velocity(x0, noise, t)
-    mse = (out - target.float()).square().mean(dim=tuple(range(1, x0.ndim)))
-    loss = (self.loss_weight(t) * mse).mean()
-    stats = {'mse': mse.detach().mean()}
-    if self.cfg.msssim_weight > 0:
-        stats['msssim'] = latent_ms_ssim(self.predict_x0(out, x_t.float(), t), x0)
-        loss = loss + self.cfg.msssim_weight * (1 - stats['msssim'])
-    stats['loss'] = loss.detach()
-    return loss, {k: float(v) for k, v in stats.items()}
-GaussianDiffusion.training_loss = _training_loss
-
 # %% ../nbs/07_diffusion.ipynb #b689d8ed
+def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    "N(0, I) noise of `x`'s shape, device and dtype."
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
 class DDIMSampler:
-    "DDIM over a schedule ᾱ (any device-free tensor): set_timesteps(n), then step(...) per timestep. Never calls the model."
+    "DDIM over a schedule ᾱ (a CPU tensor): set_timesteps(n), then step(...) per timestep. Never calls the model."
     SPACINGS = ('trailing', 'leading', 'linspace')
 
     def __init__(self, alphas_cumprod: torch.Tensor, *, prediction: str = 'eps', timestep_spacing: str = 'trailing'):
-        if prediction not in PREDICTIONS: raise ValueError(f"unknown prediction {prediction!r} (valid: {', '.join(PREDICTIONS)})")
-        if timestep_spacing not in self.SPACINGS: raise ValueError(f"unknown timestep_spacing {timestep_spacing!r} (valid: {', '.join(self.SPACINGS)})")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction {prediction!r} (valid: {', '.join(PREDICTIONS)})")
+        if timestep_spacing not in self.SPACINGS:
+            raise ValueError(f"unknown timestep_spacing {timestep_spacing!r} (valid: {', '.join(self.SPACINGS)})")
         self.alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu()
-        self.prediction, self.timestep_spacing, self.num_train_steps = prediction, timestep_spacing, len(self.alphas_cumprod)
-        self.timesteps = None
+        self.prediction, self.timestep_spacing = prediction, timestep_spacing
+        self.num_train_steps, self.timesteps = len(self.alphas_cumprod), None
 
     @classmethod
     def from_diffusion(cls, diffusion: GaussianDiffusion, **kwargs):
         "A sampler over `diffusion`'s schedule and prediction type."
         return cls(diffusion.alphas_cumprod_f64, prediction=diffusion.cfg.prediction, **kwargs)
 
+    def _grid(self, num_steps: int) -> torch.Tensor:
+        "`num_steps` descending timesteps of the spacing."
+        N = self.num_train_steps
+        if self.timestep_spacing == 'trailing':
+            return torch.round(torch.arange(N, 0, -N / num_steps, dtype=torch.float64)).long() - 1
+        if self.timestep_spacing == 'leading': return (torch.arange(num_steps) * (N // num_steps)).flip(0)
+        return torch.round(torch.linspace(0, N - 1, num_steps, dtype=torch.float64)).long().flip(0)
+
     def set_timesteps(self, num_steps: int):
         "Choose `num_steps` descending timesteps (a CPU LongTensor in `.timesteps`)."
-        N = self.num_train_steps
-        if not 1 <= num_steps <= N: raise ValueError(f"num_steps={num_steps} must be in 1..{N}")
-        if self.timestep_spacing == 'trailing': ts = torch.round(torch.arange(N, 0, -N / num_steps, dtype=torch.float64)).long() - 1
-        elif self.timestep_spacing == 'leading': ts = (torch.arange(num_steps) * (N // num_steps)).flip(0)
-        else: ts = torch.round(torch.linspace(0, N - 1, num_steps, dtype=torch.float64)).long().flip(0)
-        self.timesteps = ts
+        if not 1 <= num_steps <= self.num_train_steps:
+            raise ValueError(f"num_steps={num_steps} must be in 1..{self.num_train_steps}")
+        self.timesteps = ts = self._grid(num_steps)
         self._prev = dict(zip(ts.tolist(), ts[1:].tolist() + [-1]))
         return self
 
-# %% ../nbs/07_diffusion.ipynb #18799ba0
-def _alphas(self, t) -> tuple[float, float]:
-    "ᾱ_t and ᾱ of the next (smaller) timestep in the grid; 1 after the last."
-    if self.timesteps is None: raise RuntimeError(f"{type(self).__name__}: call set_timesteps(n) before step()")
-    t = int(t)
-    if t not in self._prev: raise ValueError(f"timestep {t} is not in the grid set by set_timesteps: {self.timesteps.tolist()[:5]}...")
-    prev = self._prev[t]
-    return float(self.alphas_cumprod[t]), (float(self.alphas_cumprod[prev]) if prev >= 0 else 1.0)
+    def _alphas(self, t) -> tuple[float, float]:
+        "ᾱ_t and ᾱ of the next (smaller) timestep in the grid; 1 after the last."
+        if self.timesteps is None: raise RuntimeError(f"{type(self).__name__}: call set_timesteps(n) before step()")
+        t = int(t)
+        if t not in self._prev:
+            raise ValueError(f"timestep {t} is not in the grid set by set_timesteps: {self.timesteps.tolist()[:5]}...")
+        prev = self._prev[t]
+        return float(self.alphas_cumprod[t]), (float(self.alphas_cumprod[prev]) if prev >= 0 else 1.0)
 
-def _x0_eps(self, model_output, sample, alpha_prod_t):
-    "x̂_0 and ε̂ from the model output (ε or v)."
-    a, b = math.sqrt(alpha_prod_t), math.sqrt(1 - alpha_prod_t)
-    if self.prediction == 'eps': return (sample - b * model_output) / a, model_output
-    return a * sample - b * model_output, a * model_output + b * sample
+    def _x0_eps(self, model_output, sample, alpha_prod_t):
+        "x̂_0 and ε̂ from the model output (ε or v)."
+        a, b = math.sqrt(alpha_prod_t), math.sqrt(1 - alpha_prod_t)
+        if self.prediction == 'eps': return (sample - b * model_output) / a, model_output
+        return a * sample - b * model_output, a * model_output + b * sample
 
-def _ddim_step(self: DDIMSampler, model_output: torch.Tensor, t, sample: torch.Tensor, eta: float = 0.0,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    "One DDIM update x_t → x_{t−Δ}; returns (prev_sample, pred_x0)."
-    if eta < 0: raise ValueError(f"eta={eta} must be >= 0 (0: deterministic DDIM, 1: DDPM-like)")
-    alpha_prod_t, alpha_prod_prev = self._alphas(t)                                                  # 1. ᾱ_t, ᾱ_{t−Δ}
-    pred_x0, pred_eps = self._x0_eps(model_output.to(sample.dtype), sample, alpha_prod_t)            # 2. x̂_0, ε̂
-    sigma = eta * math.sqrt((1 - alpha_prod_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_prev))  # 3. σ_t(η)
-    direction = math.sqrt(max(1 - alpha_prod_prev - sigma ** 2, 0.0)) * pred_eps                     # 4. direction to x_t
-    prev_sample = math.sqrt(alpha_prod_prev) * pred_x0 + direction                                    # 5. eq. 12
-    if sigma > 0:
-        prev_sample = prev_sample + sigma * torch.randn(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
-    return prev_sample, pred_x0
-
-DDIMSampler._alphas, DDIMSampler._x0_eps, DDIMSampler.step = _alphas, _x0_eps, _ddim_step
+    def step(self, model_output: torch.Tensor, t, sample: torch.Tensor, eta: float = 0.0,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        "One DDIM update x_t → x_{t−Δ}; returns (prev_sample, pred_x0)."
+        if eta < 0: raise ValueError(f"eta={eta} must be >= 0 (0: deterministic DDIM, 1: DDPM-like)")
+        a_t, a_prev = self._alphas(t)                                                   # 1. ᾱ_t, ᾱ_{t−Δ}
+        pred_x0, pred_eps = self._x0_eps(model_output.to(sample.dtype), sample, a_t)    # 2. x̂_0, ε̂
+        sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))          # 3. σ_t(η)
+        direction = math.sqrt(max(1 - a_prev - sigma ** 2, 0.0)) * pred_eps             # 4. direction to x_t
+        prev_sample = math.sqrt(a_prev) * pred_x0 + direction                           # 5. eq. 12
+        if sigma > 0: prev_sample = prev_sample + sigma * _noise_like(sample, generator)
+        return prev_sample, pred_x0
 
 # %% ../nbs/07_diffusion.ipynb #1e4fb4fc
 class DDPMSampler(DDIMSampler):
@@ -212,7 +226,7 @@ class DDPMSampler(DDIMSampler):
         variance = beta_t * (1 - alpha_prod_prev) / (1 - alpha_prod_t)                        # β̃_t
         prev_sample = coef1 * pred_x0 + coef2 * sample
         if variance > 0:
-            prev_sample = prev_sample + math.sqrt(variance) * torch.randn(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+            prev_sample = prev_sample + math.sqrt(variance) * _noise_like(sample, generator)
         return prev_sample, pred_x0
 
 # %% ../nbs/07_diffusion.ipynb #33b102fd
@@ -228,14 +242,17 @@ def _sample_loop(sampler, model, cond, shape, *, generator, progress, return_x0,
 
 @torch.no_grad()
 def sample(diffusion: GaussianDiffusion, model, cond: torch.Tensor, shape: tuple, *, steps: int = 50, eta: float = 0.0,
-           generator: torch.Generator | None = None, progress: bool = True, return_x0: bool = False, timestep_spacing: str = 'trailing'):
+           generator: torch.Generator | None = None, progress: bool = True, return_x0: bool = False,
+           timestep_spacing: str = 'trailing'):
     "DDIM sampling of latents of `shape` (B,C,T,h,w) given `cond`; → x_0, or (x_0, [x̂_0 per step])."
     sampler = DDIMSampler.from_diffusion(diffusion, timestep_spacing=timestep_spacing).set_timesteps(steps)
-    return _sample_loop(sampler, model, cond, shape, generator=generator, progress=progress, return_x0=return_x0, desc=f'DDIM {steps}', eta=eta)
+    return _sample_loop(sampler, model, cond, shape, generator=generator, progress=progress, return_x0=return_x0,
+                        desc=f'DDIM {steps}', eta=eta)
 
 @torch.no_grad()
 def sample_ddpm(diffusion: GaussianDiffusion, model, cond: torch.Tensor, shape: tuple, *, steps: int | None = None,
                 generator: torch.Generator | None = None, progress: bool = True, return_x0: bool = False):
     "Ancestral DDPM sampling (all T steps unless `steps`); → x_0, or (x_0, [x̂_0 per step])."
     sampler = DDPMSampler.from_diffusion(diffusion).set_timesteps(steps)
-    return _sample_loop(sampler, model, cond, shape, generator=generator, progress=progress, return_x0=return_x0, desc='DDPM')
+    return _sample_loop(sampler, model, cond, shape, generator=generator, progress=progress, return_x0=return_x0,
+                        desc='DDPM')

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .config import UNetConfig
+from .config import UNetConfig, check_unet_config
 from .layers import GroupNorm, conv3d, run_block, ResBlock, SpaceTimeAttention, Upsample
 from .layers import sinusoidal_embedding
 
@@ -28,21 +28,6 @@ class TimestepSequential(nn.ModuleList):
             args = (x, emb) if isinstance(layer, ResBlock) else (x,)
             x = run_block(layer, *args, grad_checkpointing=grad_checkpointing)
         return x
-
-# %% ../nbs/06_unet.ipynb #7d95df5e
-def _check_unet_config(cfg: UNetConfig) -> list[int]:
-    "The widths of the levels; a ValueError naming the rule when `cfg` cannot build a U-Net (its one validator)."
-    widths = [cfg.model_channels * m for m in cfg.channel_mult]
-    if not widths or min(widths) <= 0 or any(w % cfg.norm_groups for w in widths):
-        raise ValueError(f"UNet: widths {widths} (model_channels × channel_mult) must be positive "
-                         f"and divide by norm_groups={cfg.norm_groups}")
-    if any(not 0 <= l < len(widths) for l in cfg.attention_levels):
-        raise ValueError(f"UNet: attention_levels={cfg.attention_levels}, valid levels are 0..{len(widths) - 1}")
-    if any(widths[l] % cfg.num_heads for l in cfg.attention_levels) or widths[-1] % cfg.num_heads:
-        raise ValueError(f"UNet: num_heads={cfg.num_heads} must divide the width of every attention level "
-                         "and of the middle")
-    if cfg.num_res_blocks < 1: raise ValueError(f"UNet: num_res_blocks={cfg.num_res_blocks} must be >= 1")
-    return widths
 
 # %% ../nbs/06_unet.ipynb #662cbc21
 def zero_init_(net: nn.Module) -> nn.Module:
@@ -71,7 +56,7 @@ class UNet(nn.Module):
     "ε/v-predictor: forward(x_t (B,C,T,h,w), t (B,), cond (B,Cc,Tc,h,w)) → (B,C,T,h,w); C = `latent_channels`."
     def __init__(self, cfg: UNetConfig, latent_channels: int = 4, cond_channels: int | None = None):
         super().__init__()
-        widths, mc, g, te = _check_unet_config(cfg), cfg.model_channels, cfg.norm_groups, cfg.time_embed_dim
+        widths, mc, g, te = check_unet_config(cfg), cfg.model_channels, cfg.norm_groups, cfg.time_embed_dim
         self.cfg, self.latent_channels, self.downsample = cfg, latent_channels, 2 ** (len(widths) - 1)
         self.cond_channels = latent_channels if cond_channels is None else cond_channels
         self.time_embed = nn.Sequential(nn.Linear(mc, te), nn.SiLU(), nn.Linear(te, te))

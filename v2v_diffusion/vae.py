@@ -8,7 +8,7 @@ from typing import Iterable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .config import VAEConfig
+from .config import VAEConfig, check_vae_config
 from .layers import GroupNorm, conv3d, run_block, ResBlock, SpaceTimeAttention, Upsample
 
 # %% auto #0
@@ -35,17 +35,6 @@ class DiagonalGaussian:
         return 0.5 * (m.pow(2) + lv.exp() - 1.0 - lv).flatten(1).sum(1)
 
 # %% ../nbs/05_vae.ipynb #07a032fd
-def _check_vae_config(cfg: VAEConfig):
-    "Raise ValueError naming the rule when `cfg` cannot build a VAE (the one validator of encoder and decoder)."
-    if len(cfg.channels) < 1 or min(cfg.channels) <= 0:
-        raise ValueError(f"VAE: channels={cfg.channels} needs >= 1 positive width")
-    if any(c % cfg.norm_groups for c in cfg.channels):
-        raise ValueError(f"VAE: every channels entry {cfg.channels} must divide by norm_groups={cfg.norm_groups}")
-    if cfg.temporal_kernel < 1 or cfg.temporal_kernel % 2 == 0:
-        raise ValueError(f"VAE: temporal_kernel={cfg.temporal_kernel} must be odd and >= 1 (T is kept)")
-    if cfg.num_res_blocks < 1 or cfg.latent_channels < 1:
-        raise ValueError("VAE: num_res_blocks and latent_channels must be >= 1")
-
 class _ConvStack(nn.Module):
     "conv_in → blocks (each checkpointed when `grad_checkpointing`) → GroupNorm, SiLU, conv_out: encoder and decoder."
     def forward(self, x):
@@ -57,7 +46,7 @@ class Encoder(_ConvStack):
     "(B,in,T,H,W) → (B,2·latent,T,H/f,W/f) with f = 2**(len(channels)-1)."
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        _check_vae_config(cfg)
+        check_vae_config(cfg)
         ch, g, kt = cfg.channels, cfg.norm_groups, cfg.temporal_kernel
         self.grad_checkpointing, self.conv_in = cfg.grad_checkpointing, conv3d(cfg.in_channels, ch[0], kt)
         blocks, c = [], ch[0]
@@ -75,7 +64,7 @@ class Decoder(_ConvStack):
     "(B,latent,T,h,w) → (B,in,T,h·f,w·f): the encoder's mirror image."
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        _check_vae_config(cfg)
+        check_vae_config(cfg)
         ch, g, kt = cfg.channels[::-1], cfg.norm_groups, cfg.temporal_kernel
         self.grad_checkpointing, self.conv_in = cfg.grad_checkpointing, conv3d(cfg.latent_channels, ch[0], kt)
         blocks, c = [SpaceTimeAttention(ch[0], heads=1, groups=g)], ch[0]

@@ -25,8 +25,8 @@ from .vae import VAE
 from .diffusion import GaussianDiffusion
 from .formulation import build_unet
 from .checkpoint import Pipeline, load_pipeline, list_checkpoints, parse_checkpoint_name
-from .data import find_cases, load_case
-from .inference import infer_posterior, reconstruct_volume, resize_slices
+from .data import find_cases, load_case, model_window, resize_slices, to_model
+from .inference import infer_posterior, reconstruct_volume
 from .report import md_table
 
 # %% auto #0
@@ -632,10 +632,10 @@ def open_case(data_root, case_id: str = ''):
 
 # %% ../nbs/12_viewer.ipynb #8292596d
 def at_model_resolution(vol, cfg) -> ViewVolume:
-    "`vol` windowed, resized to the model's clip size and back: what the model sees, in HU."
-    vol, w = as_view_volume(vol), Window(cfg.data.window_center, cfg.data.window_width)
-    x = resize_slices(torch.from_numpy(hu_to_unit(vol.hu, w)), (cfg.data.height, cfg.data.width))
-    return ViewVolume(unit_to_hu(resize_slices(x, vol.hu.shape[1:]), w).numpy(), vol.z, vol.spacing)
+    "`vol` as the model sees it (`data.to_model`: resized to the clip size, windowed), resized back, in HU."
+    vol = as_view_volume(vol)
+    x = to_model(vol.hu, cfg.data)
+    return ViewVolume(unit_to_hu(resize_slices(x, vol.hu.shape[1:]), model_window(cfg.data)).numpy(), vol.z, vol.spacing)
 
 # %% ../nbs/12_viewer.ipynb #5a97e8be
 def _title(pipeline, case, what: str) -> str:
@@ -662,7 +662,7 @@ def samples_viewer(pipeline, case, seeds=(0, 1), *, steps: int | None = None, ba
     first = posts[seeds[0]]
     vols[f'model (mean of {first.num_samples})'] = first.mean
     for s, post in posts.items(): vols[f'generated (seed {s})'] = post.sample
-    w = Window(pipeline.cfg.data.window_center, pipeline.cfg.data.window_width)
+    w = model_window(pipeline.cfg.data)
     vols[f'uncertainty (std, 0–{np.percentile(first.std.hu, 99.9):.0f} HU)'] = uncertainty_view(first.std, w)
     for m in baselines:
         vols[f'{m} interpolation'] = ViewVolume(interpolate_z(thick.hu, thick.z, thin.z, m), thin.z, thin.spacing)
