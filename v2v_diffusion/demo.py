@@ -36,11 +36,13 @@ def demo_data(root: Path, extra_cases: int, size: int, n_thin: int, progress: bo
             for f in src.rglob('*.zip'):
                 dst = root / f.relative_to(src)
                 if not dst.exists():
-                    dst.parent.mkdir(parents=True, exist_ok=True); shutil.copy2(f, dst)
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(f, dst)
             break
     for i in tqdm(range(extra_cases), desc='phantoms', disable=not progress):
         dst = root / CATEGORIES[i % 2] / f'demo_{i:03d}.zip'
-        if not dst.exists(): write_phantom_case(dst, phantom_case(100 + i, ape=i % 2 == 0, size=size, n_thin=n_thin), f'demo_{i:03d}')
+        if not dst.exists():
+            write_phantom_case(dst, phantom_case(100 + i, ape=i % 2 == 0, size=size, n_thin=n_thin), f'demo_{i:03d}')
     return sorted(root.rglob('*.zip'))
 
 def demo_config(out: Path, *, vae_steps: int, diffusion_steps: int, regression_steps: int, ddim_steps: int,
@@ -48,10 +50,11 @@ def demo_config(out: Path, *, vae_steps: int, diffusion_steps: int, regression_s
     "The demo preset on `<out>/data`, training into `output_dir` (default `<out>/train`) with the demo's step budget."
     every = max(vae_steps, diffusion_steps, regression_steps) // 2 or 1
     sets = [f'diffusion.ddim_steps={ddim_steps}', f'data.cache_dir={out / "cache"}', f'train.vae_max_steps={vae_steps}',
-            f'train.max_steps={diffusion_steps}', f'train.regression_max_steps={regression_steps}', 'train.log_every=25',
-            f'train.checkpoint_every={every}', f'train.validate_every={every}', f'infer.num_samples={num_samples}']
-    return make_config('demo', [*sets, *overrides], data_root=out / 'data', output_dir=output_dir or out / 'train', stage=stage,
-                       resume='auto')
+            f'train.max_steps={diffusion_steps}', f'train.regression_max_steps={regression_steps}',
+            'train.log_every=25', f'train.checkpoint_every={every}', f'train.validate_every={every}',
+            f'infer.num_samples={num_samples}']
+    return make_config('demo', [*sets, *overrides], data_root=out / 'data', output_dir=output_dir or out / 'train',
+                       stage=stage, resume='auto')
 
 # %% ../nbs/11c_demo.ipynb #5a5ad00a
 def _timings(times: dict, t0: float) -> tuple[float, dict]:
@@ -62,37 +65,45 @@ def _timings(times: dict, t0: float) -> tuple[float, dict]:
 def _append_timings(out: Path, line: str):
     "Add the timings section to report.md and rebuild report.html from it."
     md = (out / 'report.md').read_text() + f"\n## Demo timings\n\n{line}\n"
-    (out / 'report.md').write_text(md); (out / 'report.html').write_text(to_html(md))
+    (out / 'report.md').write_text(md)
+    (out / 'report.html').write_text(to_html(md))
 
 def run_demo(out_dir='runs/demo', *, fresh: bool = False, progress: bool = True, **kw) -> dict:
     "Phantoms → residual VAE → diffusion + regression → inference and evaluation of a held-out case."
     o, out, times, t0 = {**DEMO, **kw}, Path(out_dir), {}, time.time()
     if fresh and out.exists(): shutil.rmtree(out)
     def phase(name):
-        times[name] = time.time(); print(f"\n== v2v-demo: {name} ({time.time() - t0:.0f} s so far) ==", flush=True)
-    phase('data'); demo_data(out / 'data', o['extra_cases'], o['size'], o['n_thin'], progress)
-    cfg = demo_config(out, **{k: o[k] for k in ('vae_steps', 'diffusion_steps', 'regression_steps', 'ddim_steps', 'num_samples')})
+        times[name] = time.time()
+        print(f"\n== v2v-demo: {name} ({time.time() - t0:.0f} s so far) ==", flush=True)
+    phase('data')
+    demo_data(out / 'data', o['extra_cases'], o['size'], o['n_thin'], progress)
+    budget = ('vae_steps', 'diffusion_steps', 'regression_steps', 'ddim_steps', 'num_samples')
+    cfg = demo_config(out, **{k: o[k] for k in budget})
     prepare_dataset(cfg.data.root, cfg.data.cache_dir, data_cfg=cfg.data, progress=progress)
-    phase('training'); summary = train(cfg)
+    phase('training')
+    summary = train(cfg)
     phase('inference and evaluation')
     pipe, reg = load_pipeline(out / 'train'), load_pipeline(out / 'train', stage='regression')
-    refs = find_cases(cfg.data.root); splits = make_splits(refs, cfg.data)
+    refs = find_cases(cfg.data.root)
+    splits = make_splits(refs, cfg.data)
     notes = [f"Demo: {len(refs)} phantom cases, trained on {len(splits['train'])} ({', '.join(splits['train'])}) "
              f"for {o['vae_steps']} VAE + {o['regression_steps']} regression + {o['diffusion_steps']} corrector "
              f"diffusion steps (demo preset, {cfg.data.n_frames}×{cfg.data.height}×{cfg.data.width} clips, CPU), "
              f"evaluated on the held-out test cases {', '.join(splits['test'])} at their native 128² size (the "
              f"summary averages them). The thin series of {splits['test'][0]} inferred from its thick series alone "
              "(on the truth's 1 mm positions): `infer/` (DICOM, NIfTI of the mean, the std and one sample)."]
-    res = evaluate(pipe, cfg.data.root, out, split='test', cache_dir=cfg.data.cache_dir, regression=reg, progress=progress,
-                   notes=notes)
+    res = evaluate(pipe, cfg.data.root, out, split='test', cache_dir=cfg.data.cache_dir, regression=reg,
+                   progress=progress, notes=notes)
     case = load_case(next(r for r in refs if r.case_id == splits['test'][0]), cache_dir=cfg.data.cache_dir)
     exported = export_posterior(res['results'][0]['posterior'], out / 'infer', reference_meta=case.thick.meta)
     total, dur = _timings(times, t0)
     _append_timings(out, f"Demo wall time {total / 60:.1f} min; seconds per phase: {dur}.")
     js = dict(seconds=round(total, 1), phases=dur, train=summary, summary=res['summary'], verdict=res['verdict'],
-              report=str(res['report']), infer={k: str(v) for k, v in exported.items() if k != 'png'}, test_case=splits['test'][0])
+              report=str(res['report']), infer={k: str(v) for k, v in exported.items() if k != 'png'},
+              test_case=splits['test'][0])
     (out / 'demo.json').write_text(json.dumps(js, indent=1, default=str))
-    print(md_table(metric_table(res['summary']))); print('\n' + res['verdict'])
+    print(md_table(metric_table(res['summary'])))
+    print('\n' + res['verdict'])
     print(f"\nv2v-demo done in {total / 60:.1f} min: {res['report']} ({out / 'report.html'})")
     return js
 
@@ -121,7 +132,8 @@ def _row(pred, case, window, seconds=None) -> dict:
     return {k: m[k] for k in ('psnr', 'ssim', 'hu_mae')} | ({'seconds': seconds} if seconds is not None else {})
 
 def _timed(fn):
-    t0 = time.time(); out = fn()
+    t0 = time.time()
+    out = fn()
     return out, time.time() - t0
 
 def quality_rows(full, reg, variants: dict, case, ks=(1, 4, 8), steps=(5, 10, 20)) -> dict:
@@ -143,33 +155,42 @@ def quality_rows(full, reg, variants: dict, case, ks=(1, 4, 8), steps=(5, 10, 20
 def write_quality(rows: dict, path, header: list[str]) -> Path:
     "docs/QUALITY.md from ablation rows."
     table = [['variant', 'PSNR dB', 'SSIM', 'HU MAE', 'seconds']]
-    table += [[k, f"{v['psnr']:.2f}", f"{v['ssim']:.4f}", f"{v['hu_mae']:.1f}", f"{v['seconds']:.1f}" if 'seconds' in v else '']
-              for k, v in rows.items()]
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text('# Quality: what each part of the formulation buys\n\n' + '\n\n'.join(header) + '\n\n' + md_table(table) + '\n')
+    table += [[k, f"{v['psnr']:.2f}", f"{v['ssim']:.4f}", f"{v['hu_mae']:.1f}",
+               f"{v['seconds']:.1f}" if 'seconds' in v else ''] for k, v in rows.items()]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    title = '# Quality: what each part of the formulation buys'
+    path.write_text('\n\n'.join([title, *header, md_table(table)]) + '\n')
     return path
 
-def run_quality(out_dir='runs/quality', doc='docs/QUALITY.md', demo_dir='runs/demo', progress: bool = True, **variant) -> dict:
-    "Train the demo (or resume it) and the ablation variants (`variant`: their step budget, default the demo's); write `doc`."
-    o, demo_dir, out, t0 = {**DEMO, **variant}, Path(demo_dir), Path(out_dir), time.time()
+def _quality_header(n_cases: int, case, cfg: Config, o: dict) -> list[str]:
+    "What docs/QUALITY.md was generated from, and how to read its rows."
+    return [f"Generated by `make quality` (`v2v-quality`) on {n_cases} phantom cases, held-out case "
+            f"`{case.case_id}` at its native {case.thin.hu.shape[1]}² size, scored on the "
+            f"{len(scored_slices(case))} of its {len(case.thin.z)} thin slices inside the thick series' slab "
+            f"coverage; the demo's model trained for {DEMO['vae_steps']} VAE + {DEMO['regression_steps']} regression "
+            f"+ {DEMO['diffusion_steps']} diffusion steps, the {len(VARIANTS)} separately trained variants for "
+            f"{o['vae_steps']} VAE + {o['diffusion_steps']} diffusion steps on "
+            f"{cfg.data.n_frames}×{cfg.data.height}×{cfg.data.width} clips (demo preset), CPU; "
+            f"{o['ddim_steps']} DDIM steps unless stated; seconds = inference of the whole volume.",
+            "PSNR/SSIM on windowed intensities (200/1800 HU → [−1, 1]); HU MAE against the window-clipped truth. "
+            "Rows from the top: each adds one part of the formulation to the previous (the first four are separately "
+            "trained diffusion models, one sample each; the rest is the demo's model: the diffusion refining the "
+            "regression); then the step count, the regression baseline and interpolation with and without data "
+            "consistency (DC)."]
+
+def run_quality(out_dir='runs/quality', doc='docs/QUALITY.md', demo_dir='runs/demo', progress: bool = True,
+                **variant) -> dict:
+    "Train the demo (or resume it) and the ablation variants (`variant`: their step budget); write `doc`."
+    o, demo_dir, out = {**DEMO, **variant}, Path(demo_dir), Path(out_dir)
     run_demo(demo_dir, progress=progress)
     budget = {k: o[k] for k in ('vae_steps', 'diffusion_steps', 'regression_steps', 'ddim_steps', 'num_samples')}
-    variants = {label: train_variant(demo_dir, out / f'variant_{i}', f, budget) for i, (label, f) in enumerate(VARIANTS)}
+    variants = {label: train_variant(demo_dir, out / f'variant_{i}', f, budget)
+                for i, (label, f) in enumerate(VARIANTS)}
     full, reg = load_pipeline(demo_dir / 'train'), load_pipeline(demo_dir / 'train', stage='regression')
-    cfg = full.cfg; refs = find_cases(cfg.data.root); test_id = make_splits(refs, cfg.data)['test'][0]
+    cfg = full.cfg
+    refs = find_cases(cfg.data.root)
+    test_id = make_splits(refs, cfg.data)['test'][0]
     case = load_case(next(r for r in refs if r.case_id == test_id), cache_dir=cfg.data.cache_dir)
     rows = quality_rows(full, reg, variants, case)
-    header = [f"Generated by `make quality` (`v2v-quality`) on {len(refs)} phantom cases, held-out case `{test_id}` at its "
-              f"native {case.thin.hu.shape[1]}² size, scored on the {len(scored_slices(case))} of its {len(case.thin.z)} thin "
-              f"slices inside the thick series' slab coverage; the demo's model trained for "
-              f"{DEMO['vae_steps']} VAE + {DEMO['regression_steps']} regression + {DEMO['diffusion_steps']} diffusion "
-              f"steps, the {len(VARIANTS)} separately trained variants for {o['vae_steps']} VAE + "
-              f"{o['diffusion_steps']} diffusion steps on {cfg.data.n_frames}×{cfg.data.height}×{cfg.data.width} "
-              f"clips (demo preset), CPU; {o['ddim_steps']} DDIM steps unless stated; seconds = inference "
-              f"of the whole volume.",
-              "PSNR/SSIM on windowed intensities (200/1800 HU → [−1, 1]); HU MAE against the window-clipped truth. "
-              "Rows from the top: each adds one part of the formulation to the previous (the first four are separately "
-              "trained diffusion models, one sample each; the rest is the demo's model: the diffusion refining the "
-              "regression); then the step count, the regression "
-              "baseline and interpolation with and without data consistency (DC)."]
-    return dict(doc=write_quality(rows, doc, header), rows=rows)
+    return dict(doc=write_quality(rows, doc, _quality_header(len(refs), case, cfg, o)), rows=rows)

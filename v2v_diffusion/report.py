@@ -36,12 +36,13 @@ def summarize(results: list[dict], key: str = 'metrics') -> dict:
 def metric_table(rows: dict) -> list[list[str]]:
     "Header plus one row a method: [[label, value, ...], ...]."
     cols = [c for c in COLUMNS if any(c[0] in v for v in rows.values())]
-    return [['method'] + [c[1] for c in cols]] + [[LABELS.get(m, m)] + [f.format(v[k]) if k in v else '' for k, _, f in cols]
-                                                 for m, v in rows.items()]
+    body = [[LABELS.get(m, m)] + [f.format(v[k]) if k in v else '' for k, _, f in cols] for m, v in rows.items()]
+    return [['method'] + [c[1] for c in cols]] + body
 
 def md_table(t: list[list[str]]) -> str:
     "A Markdown table from `metric_table` rows."
-    return '\n'.join(['| ' + ' | '.join(t[0]) + ' |', '|' + '---|' * len(t[0])] + ['| ' + ' | '.join(r) + ' |' for r in t[1:]])
+    row = lambda r: '| ' + ' | '.join(r) + ' |'
+    return '\n'.join([row(t[0]), '|' + '---|' * len(t[0])] + [row(r) for r in t[1:]])
 
 # %% ../nbs/11a_report.ipynb #4e91b324
 def best_baseline(summary: dict) -> str:
@@ -50,7 +51,8 @@ def best_baseline(summary: dict) -> str:
 
 def verdict(summary: dict) -> str:
     "The model vs the best baseline, the regression baseline and the VAE bound, in one paragraph."
-    best = best_baseline(summary); b = summary[best]
+    best = best_baseline(summary)
+    b = summary[best]
     if 'model' not in summary:
         return f"No diffusion model in this checkpoint. Best baseline: {LABELS[best]}, {b['psnr']:.2f} dB PSNR."
     m, d = summary['model'], summary['model']['psnr'] - b['psnr']
@@ -67,7 +69,9 @@ def verdict(summary: dict) -> str:
         s += (f"The regression baseline (same U-Net, MSE) reaches {r['psnr']:.2f} dB: the diffusion model is "
               f"{abs(dr):.2f} dB {'above' if dr >= 0 else 'below'} it. ")
     if (o := summary.get('model_sample')): s += f"A single sample gives {o['psnr']:.2f} dB. "
-    if (v := summary.get('vae')): s += f"The VAE's reconstruction of the truth — the most this latent space allows — gives {v['psnr']:.2f} dB."
+    if (v := summary.get('vae')):
+        s += (f"The VAE's reconstruction of the truth — the most this latent space allows — gives "
+              f"{v['psnr']:.2f} dB.")
     return s.strip()
 
 # %% ../nbs/11a_report.ipynb #79e483d7
@@ -78,9 +82,11 @@ def fig_psnr_z(r: dict, path: Path) -> Path:
     for m, v in r['metrics'].items():
         ax.plot(r['score_z'], v['psnr_z'], label=LABELS.get(m, m).strip('*'), lw=2 if m == 'model' else 1)
     for z in r['thick_z']: ax.axvline(z, color='k', alpha=.15, lw=.8)
-    ax.set_xlabel('z (mm); grey lines: thick slice centres'); ax.set_ylabel('PSNR (dB)')
-    ax.set_title(f"{r['case_id']}: PSNR per slice"); ax.legend(fontsize=7, ncol=3)
-    fig.savefig(path, dpi=80, bbox_inches='tight'); plt.close(fig)
+    ax.set(xlabel='z (mm); grey lines: thick slice centres', ylabel='PSNR (dB)',
+           title=f"{r['case_id']}: PSNR per slice")
+    ax.legend(fontsize=7, ncol=3)
+    fig.savefig(path, dpi=80, bbox_inches='tight')
+    plt.close(fig)
     return path
 
 def fig_samples(r: dict, gt: np.ndarray, path: Path, window: Window, aspect: float) -> Path:
@@ -94,18 +100,21 @@ def fig_samples(r: dict, gt: np.ndarray, path: Path, window: Window, aspect: flo
     fig, axs = plt.subplots(2, len(imgs), figsize=(2.1 * len(imgs), 2.1 * (1 + zx) + 0.4), squeeze=False,
                             gridspec_kw=dict(height_ratios=[1, zx]), layout='constrained')
     for j, (name, v) in enumerate(imgs.items()):
-        axs[0, j].imshow(hu_to_unit(v[k], window), cmap='gray', vmin=-1, vmax=1); axs[0, j].set_title(name, fontsize=8)
+        axs[0, j].imshow(hu_to_unit(v[k], window), cmap='gray', vmin=-1, vmax=1)
+        axs[0, j].set_title(name, fontsize=8)
         axs[1, j].imshow(hu_to_unit(v[:, v.shape[1] // 2], window), cmap='gray', vmin=-1, vmax=1, aspect=aspect,
                          origin='lower')
         for a in axs[:, j]: a.axis('off')
     fig.suptitle(f"{r['case_id']}: axial z={tz[k]:.1f} mm (between thick slices), coronal reformat; "
                  f"window {window.center:g}/{window.width:g} HU", fontsize=9)
-    fig.savefig(path, dpi=80, bbox_inches='tight'); plt.close(fig)
+    fig.savefig(path, dpi=80, bbox_inches='tight')
+    plt.close(fig)
     return path
 
 # %% ../nbs/11a_report.ipynb #3cbb0793
 CSS = ("body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-       "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}img{max-width:100%}")
+       "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}"
+       "img{max-width:100%}")
 
 def to_markdown(blocks: list) -> str:
     "Markdown of report blocks."
@@ -120,15 +129,19 @@ def to_html(md: str, title: str = 'v2v-diffusion evaluation') -> str:
             f"<body>\n{body}\n</body></html>\n")
 
 def _plain(mets: dict | None) -> dict:
-    return {m: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in mm.items()} for m, mm in (mets or {}).items()}
+    "Metrics with arrays as lists (for JSON)."
+    return {m: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in mm.items()}
+            for m, mm in (mets or {}).items()}
 
-def write_report(results: list[dict], out_dir, *, header=(), gts: dict | None = None, window: Window = Window(200, 1800),
-                 extra_blocks=()) -> dict:
+def write_report(results: list[dict], out_dir, *, header=(), gts: dict | None = None,
+                 window: Window = Window(200, 1800), extra_blocks=()) -> dict:
     "report.md, report.html, metrics.json and figures under `out_dir` for evaluation results."
-    out = Path(out_dir); (out / 'figures').mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)
+    (out / 'figures').mkdir(parents=True, exist_ok=True)
     summary = summarize(results)
-    blocks = [('h1', 'v2v-diffusion evaluation'), *[('p', h) for h in header], ('h2', 'Verdict'), ('p', verdict(summary)),
-              ('h2', f'All cases (mean over {len(results)})'), ('table', metric_table(summary)), *extra_blocks]
+    blocks = [('h1', 'v2v-diffusion evaluation'), *[('p', h) for h in header], ('h2', 'Verdict'),
+              ('p', verdict(summary)), ('h2', f'All cases (mean over {len(results)})'),
+              ('table', metric_table(summary)), *extra_blocks]
     for r in results:
         blocks += [('h3', f"{r['case_id']} ({r['category']})"), ('table', metric_table(r['metrics']))]
         blocks += [('img', fig_psnr_z(r, out / 'figures' / f"psnr_z_{r['case_id']}.png").relative_to(out))]
@@ -137,7 +150,8 @@ def write_report(results: list[dict], out_dir, *, header=(), gts: dict | None = 
             path = fig_samples(r, gt, out / 'figures' / f"samples_{r['case_id']}.png", window, sp)
             blocks.append(('img', path.relative_to(out)))
     md = to_markdown(blocks)
-    (out / 'report.md').write_text(md); (out / 'report.html').write_text(to_html(md))
+    (out / 'report.md').write_text(md)
+    (out / 'report.html').write_text(to_html(md))
     js = dict(summary=summary, cases={r['case_id']: _plain(r['metrics']) for r in results})
     (out / 'metrics.json').write_text(json.dumps(js, indent=1))
     return dict(report=out / 'report.md', html=out / 'report.html', metrics=out / 'metrics.json', summary=summary,
