@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 import v2v_diffusion
-from .config import Config
+from .config import Config, with_changes
 from .phantom import phantom_case, write_phantom_case, CATEGORIES
 from .data import find_cases, load_case, make_splits, prepare_dataset
 from .train import make_config, train
@@ -116,7 +116,7 @@ VARIANTS = tuple((label, f | dict(corrector=False)) for label, f in VARIANTS)   
 
 def with_formulation(pipe, **kw):
     "`pipe` with formulation settings changed (inference-time only, e.g. data consistency)."
-    return replace(pipe, cfg=replace(pipe.cfg, formulation=replace(pipe.cfg.formulation, **kw)))
+    return replace(pipe, cfg=with_changes(pipe.cfg, {f'formulation.{k}': v for k, v in kw.items()}))
 
 def train_variant(demo_dir: Path, out: Path, formulation: dict, budget: dict):
     "Train one ablation variant (VAE and diffusion) on the demo's data and split; its pipeline."
