@@ -159,7 +159,8 @@ def _quick_metrics(pipe, thick, truth, thin) -> dict:
     w = data.model_window(pipe.cfg.data)
     preds = baseline_predictions(thick, truth.z, pipe.cfg.formulation.slice_profile) | {'model': thin.hu}
     idx, gt = scored_slices(PairedCase('', '', thick, truth)), np.asarray(truth.hu)
-    return {m: {k: round(v, 4) for k, v in volume_metrics(p[idx], gt[idx], w).items() if k in ('psnr', 'ssim', 'hu_mae')}
+    keep = ('psnr', 'ssim', 'hu_mae')
+    return {m: {k: round(v, 4) for k, v in volume_metrics(p[idx], gt[idx], w).items() if k in keep}
             for m, p in preds.items() if p.shape == truth.hu.shape}
 
 # %% ../nbs/13_cli.ipynb #7744b6e1

@@ -84,8 +84,9 @@ def evaluate_case(pipeline, case, *, regression=None, score=None, progress: bool
     mask = body_mask(gt[idx])
     secs = {m: {'seconds': s} for m, s in mp.get('seconds', {}).items()}
     metrics = {m: volume_metrics(p[idx], gt[idx], window, mask) | secs.get(m, {}) for m, p in preds.items()}
-    if score is None:
-        for m, p in preds.items(): metrics[m]['psnr_all'] = float(psnr(hu_to_unit(p, window), hu_to_unit(gt, window)))
+    if score is None:                                     # beside it, the PSNR over every thin slice
+        g = hu_to_unit(gt, window)
+        for m, p in preds.items(): metrics[m]['psnr_all'] = float(psnr(hu_to_unit(p, window), g))
     return dict(case_id=case.case_id, category=getattr(case, 'category', ''), preds=preds, metrics=metrics,
                 posterior=mp.get('posterior'), thick_z=np.asarray(thick.z), thin_z=np.asarray(thin.z),
                 score_z=np.asarray(thin.z)[idx])
