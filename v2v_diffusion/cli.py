@@ -8,7 +8,7 @@ import argparse, json, os, re, shutil, sys, time
 from pathlib import Path
 import numpy as np
 import torch
-from .runtime import set_torch_threads
+from .runtime import configure_process
 from .checkpoint import (CheckpointError, NonFiniteError, RunError, atomic_write_text, folder_lock,
                                       load_pipeline)
 from . import data, train, phantom, bench
@@ -257,7 +257,7 @@ def _console(main):
     "Console-script entry for `main` (argv: `sys.argv`): threads set; exit 0 on return, 2 and one line on a user error."
     prog = 'v2v-' + main.__name__.removesuffix('_main')
     def entry(argv=None) -> int:
-        set_torch_threads()
+        configure_process()
         argv = list(sys.argv[1:] if argv is None else argv)
         debug = '--debug' in argv
         try: main([x for x in argv if x != '--debug'])
