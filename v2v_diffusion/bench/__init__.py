@@ -11,6 +11,7 @@ from .sections import *
 from .models import *
 from .steps import *
 from .equal import *
+from .malloc import *
 from .data import *
 from .sampling import *
 from .memory import *

@@ -19,7 +19,8 @@ from ..formulation import build_unet, vae_factor
 from ..vae import VAE
 
 # %% auto #0
-__all__ = ['OP_GROUPS', 'EQUAL_COLUMNS', 'EQUAL_NOTES', 'fwd_bwd', 'time_shares', 'equal_rows', 'equal_nets', 'bench_equal_work']
+__all__ = ['OP_GROUPS', 'EQUAL_COLUMNS', 'MATMUL_N', 'EQUAL_NOTES', 'fwd_bwd', 'time_shares', 'equal_rows', 'equal_nets',
+           'bench_equal_work']
 
 # %% ../../nbs/14e_bench_equal.ipynb #e62d3e8f
 def fwd_bwd(model, loss):
@@ -46,14 +47,17 @@ EQUAL_COLUMNS = {'model': 'model', 'input': 'input (B,C,T,H,W)', 'params_ours': 
                  'params_peer': 'peer params (M)', 'gflop_ours': 'ours GFLOP', 'gflop_peer': 'peer GFLOP',
                  'work_ratio': 'work ours/peer', 'ours_s': 'ours s', 'peer_s': 'peer s', 'ratio': 'ratio ours/peer',
                  'repeat': 'N', 'threads': 'threads', 'conv_share': 'ours conv share',
-                 'norm_share': 'ours norm share', 'attn_share': 'ours attention share'}
+                 'norm_share': 'ours norm share', 'attn_share': 'ours attention share',
+                 'gflops_ours': 'ours GFLOP/s', 'gflops_peer': 'peer GFLOP/s', 'gflops_mm': 'matmul GFLOP/s'}
+MATMUL_N = 2048                   # the machine's reference: an fp32 N×N matmul, timed with the nets
 
 def _timed_pair(ours, peer, args, loss, sizes, n: int) -> dict:
-    "`compare` of ours and the peer's fwd+bwd at `n` torch threads (the thread count restored after)."
+    "`compare` of ours, the peer's fwd+bwd and a matmul at `n` torch threads (the thread count restored after)."
     saved = torch.get_num_threads()
     torch.set_num_threads(n)
+    a, b = torch.randn(MATMUL_N, MATMUL_N), torch.randn(MATMUL_N, MATMUL_N)
     try: return compare({'ours': fwd_bwd(ours, lambda m: loss(m, *args)),
-                         'peer': fwd_bwd(peer, lambda m: loss(m, *args, monai=True))},
+                         'peer': fwd_bwd(peer, lambda m: loss(m, *args, monai=True)), 'matmul': lambda: a @ b},
                         warmup=sizes.warmup, repeat=sizes.equal_repeat)
     finally: torch.set_num_threads(saved)
 
@@ -66,10 +70,11 @@ def equal_rows(name, build, build_m, args, loss, sizes, threads) -> list:
     rows = []
     for n in threads:
         res = _timed_pair(ours, peer, args, loss, sizes, n)
-        o, p = res['ours']['median_s'], res['peer']['median_s']
+        o, p, mm = (res[k]['median_s'] for k in ('ours', 'peer', 'matmul'))
         rows.append(dict(model=name, input=str(tuple(args[0].shape)), params_ours=millions(ours),
                          params_peer=millions(peer), gflop_ours=fo / 1e9, gflop_peer=fp / 1e9, ours_s=o, peer_s=p,
-                         ratio=o / p, work_ratio=fo / fp, repeat=res['ours']['repeat'], threads=n, **shares))
+                         ratio=o / p, work_ratio=fo / fp, repeat=res['ours']['repeat'], threads=n, **shares,
+                         gflops_ours=fo / 1e9 / o, gflops_peer=fp / 1e9 / p, gflops_mm=2 * MATMUL_N ** 3 / 1e9 / mm))
     return rows
 
 # %% ../../nbs/14e_bench_equal.ipynb #037a46d5
@@ -82,7 +87,10 @@ EQUAL_NOTES = ('Ratio = ours / peer median fwd+bwd time (target ≤ 0.80: ours �
                'the base space-to-depth ({cc} channels), and the peer takes the same concatenation. Each net is timed '
                'at the bench\'s thread count and at 1 thread: on a shared, loaded machine the 2-thread figure mostly '
                'measures the contention. "ours … share": torch.profiler over one fwd+bwd of ours, CPU time in '
-               'convolutions (forward and backward), GroupNorm and attention; fp32, so no casts.')
+               'convolutions (forward and backward), GroupNorm and attention; fp32, so no casts. "GFLOP/s": FLOPs / median '
+               'time; "matmul GFLOP/s": an fp32 2048² matmul timed in the same loop, what this CPU gives the best '
+               'kernel (at equal work, ratio 0.80 needs ours to run 1.25× the peer\'s GFLOP/s on the same PyTorch '
+               'kernels).')
 
 def equal_nets(sizes: BenchSizes, cfg) -> list:
     "(name, build ours, build the peer, inputs, loss) of the VAE and the U-Net at `cfg`'s channels, checkpointing off."

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from .data import bench_cache, bench_ingest, case_zips, synthetic_case_zip
 from .equal import bench_equal_work
+from .malloc import bench_malloc
 from .gpu import bench_gpu, gpu_check
 from .memory import bench_memory
 from .models import QUICK, BenchSizes
@@ -25,7 +26,7 @@ __all__ = ['SECTIONS', 'bench_parser', 'data_zips', 'ingest_datasets', 'section_
            'bench_main', 'run_gpu_check']
 
 # %% ../../nbs/14k_bench_main.ipynb #d95fd2d6
-SECTIONS = ('params', 'flops', 'train', 'equal', 'speed', 'ddim', 'ingest', 'cache', 'memory', 'eval', 'gpu')
+SECTIONS = ('params', 'flops', 'train', 'equal', 'malloc', 'speed', 'ddim', 'ingest', 'cache', 'memory', 'eval', 'gpu')
 
 def bench_parser() -> argparse.ArgumentParser:
     "The arguments of `v2v-bench`."
@@ -69,6 +70,7 @@ def section_runners(sizes: BenchSizes, *, quick: bool, data_root, compile_: bool
     memory_cfg = get_config('tiny', ['data.height=64', 'data.width=64']) if quick else None
     return {'params': lambda: bench_params(), 'flops': lambda: bench_flops(tiny),
             'train': lambda: bench_train(sizes), 'equal': lambda: bench_equal_work(sizes, tiny),
+            'malloc': lambda: bench_malloc(sizes, tiny),
             'speed': lambda: bench_speed(sizes, compile_=compile_),
             'ddim': lambda: bench_ddim(sizes, seed_step=seed_step),
             'ingest': lambda: bench_ingest(ingest_datasets(data_root, quick, tmp), sizes),

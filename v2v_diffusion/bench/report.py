@@ -77,6 +77,9 @@ def equal_why(sections, model) -> str:
     r, one = find_row(sections, 'equal', model=model), find_row(sections, 'equal', model=model, threads=1)
     if r is None or r.get('ratio') is None: return ''
     why = f"work ours/peer {r['work_ratio']:.2f} (FLOPs); convolutions {r['conv_share']:.0%} of our time"
+    if r.get('gflops_mm'):
+        why += (f"; ours {r['gflops_ours']:.0f} GFLOP/s, peer {r['gflops_peer']:.0f}, fp32 matmul "
+                f"{r['gflops_mm']:.0f} on the same threads")
     return why + (f"; at 1 thread {one['ratio']:.2f}" if one is not None and one is not r else '')
 
 def eval_why(sections) -> str:
