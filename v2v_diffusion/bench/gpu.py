@@ -101,16 +101,17 @@ def gpu_rows(cfg, device, *, precisions, repeat, max_batch) -> list:
             free_cuda()
     return rows
 
-def gpu_volume_row(cfg, device, slices=300) -> dict:
-    "DDIM whole-volume latency at `cfg` through `infer_volume` (a short warm-up volume first)."
-    pipe = bench_pipeline(cfg, device=device)
-    infer_volume(pipe, thick_volume(cfg.data.n_frames, size=cfg.data.height), steps=2, progress=False)   # warm-up
+def gpu_volume_row(cfg, device, slices=300, num_samples: int | None = None) -> dict:
+    "DDIM whole-volume latency at `cfg` (K = `num_samples`, default `infer.num_samples`) through `infer_volume`."
+    pipe, K = bench_pipeline(cfg, device=device), num_samples or cfg.infer.num_samples
+    warm = thick_volume(cfg.data.n_frames, size=cfg.data.height)
+    infer_volume(pipe, warm, steps=2, num_samples=K, progress=False)                                   # warm-up
     thick, out = thick_volume(slices, size=cfg.data.height), []
-    dt = timed(lambda: out.append(infer_volume(pipe, thick, progress=False)), device)
+    dt = timed(lambda: out.append(infer_volume(pipe, thick, num_samples=K, progress=False)), device)
     n = out[0].hu.shape[0]
-    return dict(model='whole volume', precision=cfg.train.precision, batch=cfg.infer.batch_size, s=dt,
-                note=f'DDIM-{cfg.diffusion.ddim_steps}, {n} slices of {cfg.data.height}², '
-                     f'{n_windows(n, cfg.data.n_frames, cfg.infer.overlap)} windows')
+    return dict(model='whole volume', precision=cfg.train.precision, batch=cfg.infer.batch_size, s=dt, K=K,
+                note=f'DDIM-{cfg.diffusion.ddim_steps}, K = {K} samples batched with the windows, {n} slices of '
+                     f'{cfg.data.height}², {n_windows(n, cfg.data.n_frames, cfg.infer.overlap)} windows')
 
 # %% ../../nbs/14i_bench_gpu.ipynb #92a774c0
 def bench_gpu(cfg=None, *, device='cuda', precisions=('fp16', 'bf16'), repeat: int = 5, max_batch: int = 64,
@@ -121,8 +122,9 @@ def bench_gpu(cfg=None, *, device='cuda', precisions=('fp16', 'bf16'), repeat: i
         return Section(title, notes=['not measured: no GPU in this session'])
     cfg = cfg or get_config('a100')
     rows, notes = gpu_rows(cfg, device, precisions=precisions, repeat=repeat, max_batch=max_batch), []
-    try: rows.append(gpu_volume_row(cfg, device, volume_slices))
-    except Exception as e: notes.append(f'whole volume not measured: {error_text(e, 200)}')
+    for K in dict.fromkeys((1, cfg.infer.num_samples)):                   # one sample, and the posterior mean's K
+        try: rows.append(gpu_volume_row(cfg, device, volume_slices, K))
+        except Exception as e: notes.append(f'whole volume, K = {K}, not measured: {error_text(e, 200)}')
     dev = device_name(device) if torch.device(device).type == 'cuda' else device
     notes.insert(0, f'{dev}; peak {peak_tflops(dev, "bf16")} dense TFLOP/s bf16. MFU uses the forward+backward FLOPs '
                  'of FlopCounterMode (checkpointing recomputation not counted: it is overhead, not useful work). '
