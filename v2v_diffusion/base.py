@@ -55,9 +55,11 @@ class SlabModel:
     @classmethod
     def of(cls, thick_z, thickness: float, thin_z, profile: str = 'boxcar', min_coverage: float = 0.99):
         "The slab model of thick slices at `thick_z` (SliceThickness `thickness`) on the thin grid `thin_z`."
-        if profile not in SLICE_PROFILES: raise ValueError(f"unknown slice profile {profile!r} (valid: {SLICE_PROFILES})")
+        if profile not in SLICE_PROFILES:
+            raise ValueError(f"unknown slice profile {profile!r} (valid: {SLICE_PROFILES})")
         if not thickness > 0: raise ValueError(f"slice thickness must be > 0 mm, got {thickness}")
-        z = np.asarray(thin_z, np.float64); dz = float(np.median(np.diff(z))) if len(z) > 1 else thickness
+        z = np.asarray(thin_z, np.float64)
+        dz = float(np.median(np.diff(z))) if len(z) > 1 else thickness
         mass = _profile_mass(z - dz / 2, z + dz / 2, thick_z, thickness, profile)
         keep = np.nonzero(mass.sum(1) >= min_coverage)[0]
         A = mass[keep] / mass[keep].sum(1, keepdims=True)
