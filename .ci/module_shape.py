@@ -1,5 +1,7 @@
 """Module shape, per exported module: lines, nested internal imports, patched attributes, unchecked exported cells,
-lines over 120 characters and `;`-chained statements. `python .ci/module_shape.py [module ...]` prints a table."""
+lines over 120 characters and `;`-chained statements. `python .ci/module_shape.py [module ...]` prints a table: the
+package's modules, then those of its subpackages as `bench/equal` (also accepted as `bench.equal`); the total row
+sums every module listed, each once."""
 import ast, io, json, re, sys, tokenize
 from pathlib import Path
 
@@ -33,7 +35,15 @@ def chained_statements(text: str) -> int:
     return sum(1 for t in tokenize.generate_tokens(io.StringIO(text).readline) if t.type == tokenize.OP and t.string == ';')
 
 
+def modules() -> list[str]:
+    "The exported modules: `name` in the package, `sub/name` in a subpackage (files starting with `_` left out)."
+    files = sorted(LIB.glob('*.py')) + sorted(LIB.glob('*/*.py'))
+    return [p.relative_to(LIB).with_suffix('').as_posix() for p in files if not p.stem.startswith('_')]
+
+
 def notebook_of(module: str) -> Path | None:
+    "The notebook whose `default_exp` is `module` (`bench/equal` is `bench.equal` there)."
+    module = module.replace('/', '.')
     for nb in sorted(NBS.glob('*.ipynb')):
         cells = json.loads(nb.read_text())['cells']
         if any(re.search(rf'#\|\s*default_exp\s+{re.escape(module)}\s*$', ''.join(c['source']), re.M) for c in cells):
@@ -76,7 +86,7 @@ def shape(module: str) -> dict:
 
 
 if __name__ == '__main__':
-    mods = sys.argv[1:] or sorted(p.stem for p in LIB.glob('*.py') if not p.stem.startswith('_'))
+    mods = [m.replace('.', '/') for m in sys.argv[1:]] or modules()
     rows = [shape(m) for m in mods]
     keys = list(rows[0])
     print(' | '.join(keys))

@@ -318,7 +318,8 @@ def config_to_dict(cfg: Config) -> dict:
 # %% ../nbs/00_config.ipynb #f3572e2c
 def _preset_v100() -> dict:
     "The seed's training setup on a V100 32 GB."
-    return {'data': dict(n_frames=24, height=256, width=256, batch_size=2, val_frac=0.15, test_frac=0.10, split_seed=42),
+    return {'data': dict(n_frames=24, height=256, width=256, batch_size=2, val_frac=0.15, test_frac=0.10,
+                         split_seed=42),
             'unet': dict(grad_checkpointing=True), 'vae': dict(grad_checkpointing=True),
             'diffusion': dict(ddim_steps=50, prediction='v'),
             'train': dict(grad_accum=16, precision='fp16', lr=1e-4, weight_decay=0.01, warmup_steps=1000, min_lr=1e-6,
@@ -327,7 +328,8 @@ def _preset_v100() -> dict:
 
 def _preset_a100() -> dict:
     "As `v100`, in bf16 (no loss scaling needed on Ampere and later)."
-    d = _preset_v100(); d['train']['precision'] = 'bf16'
+    d = _preset_v100()
+    d['train']['precision'] = 'bf16'
     return d
 
 # %% ../nbs/00_config.ipynb #4196fbec
@@ -337,22 +339,25 @@ def _preset_tiny() -> dict:
             'vae': dict(channels=(8, 16, 16, 16), num_res_blocks=1, norm_groups=4, kl_weight=1e-6),
             'unet': dict(model_channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,),
                          num_heads=2, time_embed_dim=64, norm_groups=4),
-            'diffusion': dict(ddim_steps=10, prediction='v'),   # v: usable samples after minutes of CPU training (ε gives noise)
-            'train': dict(vae_max_steps=20, max_steps=20, regression_max_steps=20, grad_accum=1, precision='fp32', lr=1e-3,
-                          warmup_steps=5, min_lr=1e-5, checkpoint_every=10, validate_every=10, log_every=5, keep_last=2,
-                          val_clips=2, ema_decay=0.9, suffix='tiny'),
+            # v: usable samples after minutes of CPU training (ε gives noise)
+            'diffusion': dict(ddim_steps=10, prediction='v'),
+            'train': dict(vae_max_steps=20, max_steps=20, regression_max_steps=20, grad_accum=1, precision='fp32',
+                          lr=1e-3, warmup_steps=5, min_lr=1e-5, checkpoint_every=10, validate_every=10, log_every=5,
+                          keep_last=2, val_clips=2, ema_decay=0.9, suffix='tiny'),
             'infer': dict(overlap=2, batch_size=2, num_samples=2)}
 
 def _preset_demo() -> dict:
     "The CPU demo: native 128² clips, a 4× VAE of residuals with 8 latent channels, minutes of training."
     d = _preset_tiny()
     d['data'].update(height=128, width=128)
-    d['vae'] = dict(channels=(8, 16, 32), num_res_blocks=1, norm_groups=8, latent_channels=8, temporal_kernel=1, kl_weight=1e-6)
+    d['vae'] = dict(channels=(8, 16, 32), num_res_blocks=1, norm_groups=8, latent_channels=8, temporal_kernel=1,
+                    kl_weight=1e-6)
     d['unet'] = dict(model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_levels=(2,), num_heads=2,
                      time_embed_dim=128, norm_groups=8)
     d['diffusion'].update(min_snr_gamma=5.0)
     d['formulation'] = dict(corrector=True)       # the diffusion refines the regression: see 07a_formulation
-    d['train'].update(lr=1e-3, warmup_steps=50, ema_decay=0.995, suffix='demo', val_clips=4, recon_loss='mse')   # L1 keeps residuals at 0
+    d['train'].update(lr=1e-3, warmup_steps=50, ema_decay=0.995, suffix='demo', val_clips=4,
+                      recon_loss='mse')           # L1 keeps residuals at 0
     d['infer'].update(num_samples=4, batch_size=4)
     return d
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from .config import with_changes
 from .windowing import hu_to_unit, unit_to_hu, Window
 from .metrics import psnr, ssim, ms_ssim, ms_ssim_scales, hu_mae, body_mask
 from .base import SlabModel, interpolate_z, INTERP_METHODS
@@ -126,7 +127,7 @@ def _split_refs(root, split: str, cfg, cache_dir, max_cases):
     "The cases of `split` (by the dataset's saved splits) under `root`, at most `max_cases`."
     refs = find_cases(root)
     if split != 'all':
-        dcfg = replace(cfg.data, root=str(root), cache_dir=str(cache_dir or cfg.data.cache_dir))
+        dcfg = with_changes(cfg, {'data.root': str(root), 'data.cache_dir': str(cache_dir or cfg.data.cache_dir)}).data
         ids = set(make_splits(refs, dcfg)[split])
         refs = [r for r in refs if r.case_id in ids]
     refs = refs[:max_cases] if max_cases else refs

@@ -635,7 +635,8 @@ def at_model_resolution(vol, cfg) -> ViewVolume:
     "`vol` as the model sees it (`data.to_model`: resized to the clip size, windowed), resized back, in HU."
     vol = as_view_volume(vol)
     x = to_model(vol.hu, cfg.data)
-    return ViewVolume(unit_to_hu(resize_slices(x, vol.hu.shape[1:]), model_window(cfg.data)).numpy(), vol.z, vol.spacing)
+    hu = unit_to_hu(resize_slices(x, vol.hu.shape[1:]), model_window(cfg.data)).numpy()
+    return ViewVolume(hu, vol.z, vol.spacing)
 
 # %% ../nbs/12_viewer.ipynb #5a97e8be
 def _title(pipeline, case, what: str) -> str:

@@ -5,12 +5,11 @@
 # %% ../../nbs/14e_bench_equal.ipynb #84a24121
 from __future__ import annotations
 import gc
-from dataclasses import replace
 import torch
 from torch.profiler import ProfilerActivity, profile
-from v2v_diffusion.bench.models import (
+from .models import (
     BenchSizes, fake_step_flops, monai_missing, monai_unet, monai_vae, time_preserving, unet_inputs, unet_loss,
-    vae_inputs, vae_loss)
+    vae_inputs, vae_loss, with_checkpointing)
 from .sections import Section
 from .steps import millions
 from .timing import compare
@@ -94,8 +93,8 @@ EQUAL_NOTES = ('Ratio = ours / peer median fwd+bwd time (target â‰¤ 0.80: ours â
 
 def equal_nets(sizes: BenchSizes, cfg) -> list:
     "(name, build ours, build the peer, inputs, loss) of the VAE and the U-Net at `cfg`'s channels, checkpointing off."
-    vc, uc = (replace(c, grad_checkpointing=False) for c in (cfg.vae, cfg.unet))       # the peers have none
-    ec, cc = replace(cfg, vae=vc, unet=uc), vae_factor(cfg) ** 2
+    ec = with_checkpointing(cfg, False)                                                  # the peers have none
+    vc, uc, cc = ec.vae, ec.unet, vae_factor(cfg) ** 2
     B, T, H, W = sizes.equal_clip
     b, t, h, w = sizes.equal_latent
     return [('VAE', lambda: VAE(vc), lambda: time_preserving(monai_vae(vc)), vae_inputs(B, T, H, W), vae_loss),

@@ -8,7 +8,7 @@ import gc
 import torch
 from .memory import STEP_STAGES, stage_step, step_peak_bytes
 from .models import (
-    fake_step_flops, get_config_with, model_step, peak_tflops, unet_inputs, unet_loss, vae_inputs, vae_loss)
+    fake_step_flops, model_step, peak_tflops, unet_inputs, unet_loss, vae_inputs, vae_loss, with_checkpointing)
 from .sampling import bench_pipeline, n_windows, thick_volume
 from .sections import Section
 from .timing import compare, error_text, sync, timed
@@ -93,7 +93,7 @@ def gpu_rows(cfg, device, *, precisions, repeat, max_batch) -> list:
     rows = []
     for name in ('VAE', 'U-Net'):
         for prec, ckpt in [(p, True) for p in precisions] + [('bf16', False)]:
-            c = get_config_with(cfg, [f'{s}.grad_checkpointing={ckpt}' for s in ('vae', 'unet')])
+            c = with_checkpointing(cfg, ckpt)
             try: rows.append(gpu_row(name, c, prec, ckpt, device, repeat=repeat, max_batch=max_batch))
             except torch.cuda.OutOfMemoryError:
                 rows.append(dict(model=name, precision=prec, ckpt=ckpt, batch=c.data.batch_size, s=float('nan'),

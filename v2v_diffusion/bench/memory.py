@@ -6,7 +6,6 @@
 from __future__ import annotations
 import time, weakref
 from contextlib import contextmanager, nullcontext
-from dataclasses import replace
 from functools import partial
 import torch
 from torch import nn
@@ -14,9 +13,9 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from .. import train
-from .models import autocast_and_scaler, get_config_with
+from .models import autocast_and_scaler, with_checkpointing
 from .sections import Section
-from ..config import get_config
+from ..config import get_config, with_changes
 from ..data import native_thick_frames
 from ..diffusion import GaussianDiffusion
 from ..formulation import build_unet
@@ -102,7 +101,7 @@ def stage_objects(cfg, stage: str, *, device='cpu') -> tuple:
 def stage_step(cfg, stage: str, *, precision: str = 'fp16', accum: int = 2, steps: int = 2, device='cpu') -> tuple:
     "(zero-argument fn running `steps` real optimizer steps of `accum` micro-batches, objects alive before it)."
     loss_module, net, extras = stage_objects(cfg, stage, device=device)
-    batch, t = step_batch(cfg, device=device), replace(cfg.train, grad_accum=accum)
+    batch, t = step_batch(cfg, device=device), with_changes(cfg, {'train.grad_accum': accum}).train
     opt = make_optimizer(net, t, torch.device('cuda'))            # fused AdamW, as on a GPU
     ctx, scaler = autocast_and_scaler(precision, device)
     def run():
@@ -123,7 +122,7 @@ GB = 1e9
 
 def largest_fitting_batch(cfg, stage: str, cap_bytes: float, *, precision: str = 'fp16', limit: int = 256) -> int:
     "Largest batch ≤ `limit` whose estimated step peak is ≤ `cap_bytes` (a line through B = 1, 2, then checked)."
-    def peak(B): return step_peak_bytes(get_config_with(cfg, [f'data.batch_size={B}']), stage, precision=precision)
+    def peak(B): return step_peak_bytes(with_changes(cfg, {'data.batch_size': B}), stage, precision=precision)
     p1, p2 = peak(1), peak(2)
     if p1 > cap_bytes: return 0
     B = max(1, min(limit, int((cap_bytes - p1) // max(p2 - p1, 1)) + 1))
@@ -139,7 +138,7 @@ MEMORY_COLUMNS = {'stage': 'stage', 'precision': 'precision', 'ckpt': 'grad ckpt
 
 def memory_row(cfg, stage, precision, ckpt, caps, check) -> dict:
     "One stage's estimate (and largest batches when `caps`; the real CPU step's peak when `check`)."
-    c = get_config_with(cfg, [f'vae.grad_checkpointing={ckpt}', f'unet.grad_checkpointing={ckpt}'])
+    c = with_checkpointing(cfg, ckpt)
     t0 = time.perf_counter()
     est = step_peak_bytes(c, stage, precision=precision)
     r = dict(stage=stage, precision=precision, ckpt=ckpt, batch=c.data.batch_size, est_gib=est / 2**30)

@@ -12,14 +12,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.flop_counter import FlopCounterMode
-from ..config import (
-    TrainConfig, UNetConfig, VAEConfig, _merge, config_from_dict, config_to_dict, get_config, parse_overrides)
+from ..config import Config, TrainConfig, UNetConfig, VAEConfig, get_config, with_changes
 from ..formulation import build_unet, vae_factor
 from ..train import amp_setup, make_optimizer, train_step
 from ..vae import VAE
 
 # %% auto #0
-__all__ = ['QUICK', 'SEED_PARAMS_M', 'PEAK_TFLOPS', 'STEP_TRAIN', 'DTYPES', 'BenchSizes', 'bench_configs', 'get_config_with',
+__all__ = ['QUICK', 'SEED_PARAMS_M', 'PEAK_TFLOPS', 'STEP_TRAIN', 'DTYPES', 'BenchSizes', 'bench_configs', 'with_checkpointing',
            'monai_missing', 'monai_vae', 'monai_unet', 'time_preserving', 'seed_models', 'vae_loss', 'unet_loss',
            'vae_inputs', 'unet_inputs', 'fake_mode', 'step_flops', 'fake_step_flops', 'peak_tflops',
            'autocast_and_scaler', 'LossOf', 'model_step']
@@ -66,9 +65,9 @@ def bench_configs(sizes: BenchSizes) -> tuple[VAEConfig, UNetConfig]:
                       num_heads=sizes.unet_heads, time_embed_dim=4 * sizes.unet_channels, norm_groups=sizes.unet_groups)
     return vae, unet
 
-def get_config_with(cfg, overrides):
-    "A copy of `cfg` with dotted overrides applied (validated)."
-    return config_from_dict(_merge(config_to_dict(cfg), parse_overrides(overrides)))
+def with_checkpointing(cfg: Config, on: bool) -> Config:
+    "`cfg` with gradient checkpointing of the VAE and the U-Net on or off (`config.with_changes`: validated)."
+    return with_changes(cfg, {'vae.grad_checkpointing': on, 'unet.grad_checkpointing': on})
 
 # %% ../../nbs/14c_bench_models.ipynb #4526315b
 def monai_missing() -> str | None:

@@ -5,14 +5,13 @@
 # %% ../../nbs/14d_bench_steps.ipynb #fb271fe7
 from __future__ import annotations
 import gc
-from dataclasses import replace
 import torch
 from .models import (
     PEAK_TFLOPS, SEED_PARAMS_M, BenchSizes, bench_configs, fake_mode, fake_step_flops, model_step, monai_missing,
-    monai_unet, monai_vae, seed_models, step_flops, unet_inputs, unet_loss, vae_inputs, vae_loss)
+    monai_unet, monai_vae, seed_models, step_flops, unet_inputs, unet_loss, vae_inputs, vae_loss, with_checkpointing)
 from .sections import Section
 from .timing import compare, error_text, timed
-from ..config import get_config
+from ..config import Config, get_config
 from ..unet import UNet
 from ..vae import VAE, count_parameters
 
@@ -196,14 +195,15 @@ def bench_variants(name, build, args, loss, sizes, *, compile_=False, device='cp
 # %% ../../nbs/14d_bench_steps.ipynb #c5a3de62
 def bench_speed(sizes: BenchSizes, *, compile_: bool = False, device='cpu') -> Section:
     "Speed options (fused AdamW, channels-last, bf16, checkpointing, compile) of our VAE and U-Net at the bench size."
-    vcfg, ucfg = bench_configs(sizes)
+    vae, unet = bench_configs(sizes)
+    cfg = Config(vae=vae, unet=unet)
     B, T, H, W = sizes.clip
     b, t, h, w = sizes.latent
     rows, notes = [], []
     for name, build, args, loss in (
-            ('VAE', lambda ck: VAE(replace(vcfg, grad_checkpointing=ck)), vae_inputs(B, T, H, W, device=device),
+            ('VAE', lambda ck: VAE(with_checkpointing(cfg, ck).vae), vae_inputs(B, T, H, W, device=device),
              vae_loss),
-            ('U-Net', lambda ck: UNet(replace(ucfg, grad_checkpointing=ck)), unet_inputs(b, t, h, w, device=device),
+            ('U-Net', lambda ck: UNet(with_checkpointing(cfg, ck).unet), unet_inputs(b, t, h, w, device=device),
              unet_loss)):
         r, n = bench_variants(name, build, args, loss, sizes, compile_=compile_ and name == 'U-Net', device=device)
         rows += r
