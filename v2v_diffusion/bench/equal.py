@@ -86,10 +86,10 @@ EQUAL_NOTES = ('Ratio = ours / peer median fwd+bwd time (target ≤ 0.80: ours �
                'the base space-to-depth ({cc} channels), and the peer takes the same concatenation. Each net is timed '
                'at the bench\'s thread count and at 1 thread: on a shared, loaded machine the 2-thread figure mostly '
                'measures the contention. "ours … share": torch.profiler over one fwd+bwd of ours, CPU time in '
-               'convolutions (forward and backward), GroupNorm and attention; fp32, so no casts. "GFLOP/s": FLOPs / median '
-               'time; "matmul GFLOP/s": an fp32 2048² matmul timed in the same loop, what this CPU gives the best '
-               'kernel (at equal work, ratio 0.80 needs ours to run 1.25× the peer\'s GFLOP/s on the same PyTorch '
-               'kernels).')
+               'convolutions (forward and backward), GroupNorm and attention; fp32, so no casts. '
+               '"GFLOP/s": FLOPs / median time; "matmul GFLOP/s": an fp32 2048² matmul timed in the same loop, '
+               'what this CPU gives the best kernel (at equal work, ratio 0.80 needs ours to run 1.25× the peer\'s '
+               'GFLOP/s on the same PyTorch kernels).')
 
 def equal_nets(sizes: BenchSizes, cfg) -> list:
     "(name, build ours, build the peer, inputs, loss) of the VAE and the U-Net at `cfg`'s channels, checkpointing off."

@@ -26,9 +26,9 @@ from ..vae import VAE
 from ..windowing import Window, hu_to_unit
 
 # %% auto #0
-__all__ = ['DDIM_COLUMNS', 'EVAL_COLUMNS', 'ZeroModel', 'n_windows', 'bench_pipeline', 'thick_volume', 'seed_latent_shape',
-           'sampler_rows', 'volume_config', 'volume_row', 'seed_cpu_row', 'bench_ddim', 'eval_volumes',
-           'reference_ssim', 'bench_eval']
+__all__ = ['QUALITY_DDIM_STEPS', 'DDIM_COLUMNS', 'EVAL_COLUMNS', 'ZeroModel', 'n_windows', 'bench_pipeline', 'thick_volume',
+           'seed_latent_shape', 'sampler_rows', 'volume_config', 'volume_row', 'seed_cpu_rows', 'bench_ddim',
+           'eval_volumes', 'reference_ssim', 'bench_eval']
 
 # %% ../../nbs/14g_bench_sampling.ipynb #a5789568
 class ZeroModel(nn.Module):
@@ -112,18 +112,31 @@ def volume_row(sizes: BenchSizes, device) -> dict:
                 step_ms=dt / (math.ceil(nw / 2) * sizes.ddim_steps) * 1e3)
 
 # %% ../../nbs/14g_bench_sampling.ipynb #aee2e045
-def seed_cpu_row(device='cpu', cfg=None) -> dict:
-    "One DDIM step of the seed-config U-Net (batch 2, 24 frames, 32² latents; or `cfg`'s) here: the CPU floor."
+QUALITY_DDIM_STEPS = 10          # docs/QUALITY.md: 5, 10 and 20 DDIM steps score the same on the demo's model
+
+def seed_cpu_rows(device='cpu', cfg=None) -> list:
+    """The seed config here (`cfg`: `v100`): one U-Net call on K samples × `infer.batch_size` windows batched (as
+    inference runs it), one VAE decode of a window, and the 300-slice volume they add up to at DDIM steps of the
+    preset and of docs/QUALITY.md."""
     cfg = cfg or get_config('v100')
+    ic, (_, lc, T, h, w) = cfg.infer, seed_latent_shape(cfg)
     torch.manual_seed(0)
-    unet = build_unet(cfg).to(device).eval()
-    _, lc, T, h, w = seed_latent_shape(cfg)
-    x, t, cond, _ = unet_inputs(2, T, h, w, latent=lc, cond=unet.cond_channels, device=device)
-    with torch.no_grad(): r = time_fn(lambda: unet(x, t, cond), warmup=1, repeat=1, device=device)
-    nb, steps = math.ceil(n_windows(300, T, cfg.infer.overlap) / cfg.infer.batch_size), cfg.diffusion.ddim_steps
-    return dict(what=f'seed U-Net, one step (300-slice volume = {nb} batches × {steps} steps ≈ '
-                     f'{nb * steps * r["median_s"] / 60:.0f} min here, decode aside)',
-                shape=str(tuple(x.shape)), steps=1, total_s=r['median_s'], step_ms=r['median_s'] * 1e3)
+    unet, vae = build_unet(cfg).to(device).eval(), VAE(cfg.vae).to(device).eval()
+    x, t, cond, _ = unet_inputs(ic.batch_size * ic.num_samples, T, h, w, latent=lc, cond=unet.cond_channels,
+                                device=device)
+    with torch.no_grad():
+        step = time_fn(lambda: unet(x, t, cond), warmup=0, repeat=1, device=device)['median_s']
+        dec = time_fn(lambda: vae.decode(x[:1]), warmup=0, repeat=1, device=device)['median_s']
+    nw = n_windows(300, T, ic.overlap)
+    nb, K = math.ceil(nw / ic.batch_size), ic.num_samples
+    rows = [dict(what=f'seed U-Net, one step of K = {K} samples × {ic.batch_size} windows batched', steps=1,
+                 shape=str(tuple(x.shape)), total_s=step, step_ms=step * 1e3),
+            dict(what='seed VAE decode, one window', shape=str((1, lc, T, h, w)), steps=0, total_s=dec)]
+    for steps in dict.fromkeys((cfg.diffusion.ddim_steps, QUALITY_DDIM_STEPS)):
+        rows.append(dict(what=f'300-slice volume at the seed config, K = {K}: {nb} batches × {steps} steps + '
+                              f'{nw * K} decodes (the two rows above)', shape=f'({nw} windows of {T})', steps=steps,
+                         total_s=nb * steps * step + nw * K * dec, step_ms=step * 1e3))
+    return rows
 
 # %% ../../nbs/14g_bench_sampling.ipynb #2168b8ec
 DDIM_COLUMNS = {'what': 'what', 'shape': 'shape', 'steps': 'steps', 'total_s': 'total s', 'step_ms': 'ms/step'}
@@ -133,7 +146,7 @@ def bench_ddim(sizes: BenchSizes, *, seed_step: bool = False, device='cpu') -> S
     rows, notes = sampler_rows(sizes, device), []
     try: rows.append(volume_row(sizes, device))
     except Exception as e: notes.append(f'whole volume not measured: {error_text(e, 200)}')
-    if seed_step: rows.append(seed_cpu_row(device))
+    if seed_step: rows += seed_cpu_rows(device)
     notes.insert(0, '"ms/step": total / steps (for the whole volume: per batch of windows and step, VAE encode/decode '
                  'included). The sampler loop alone is the floor any model adds to.')
     return Section('DDIM sampling', rows, DDIM_COLUMNS, notes)
