@@ -17,13 +17,14 @@ from .base import interpolation_base
 from .dicom import DicomError, DicomWarning, Volume, pick_thick_thin, read_dicom_tree
 from .windowing import Window, hu_to_unit
 from .checkpoint import atomic_write_text, folder_lock
+from .runtime import cpu_count_available
 
 # %% auto #0
 __all__ = ['THICK_RATIO', 'CACHE_LOCK_WAIT', 'CaseRef', 'find_cases', 'PairedCase', 'pair_case', 'load_case',
            'native_thick_frames', 'sample_z', 'window_thick_z', 'cond_frames', 'cond_positions', 'model_size',
            'model_window', 'resize_slices', 'resize_hu', 'to_model', 'window_base', 'clip_inputs', 'ClipDataset',
            'split_cases', 'make_splits', 'load_cases', 'summary_table', 'prepare_dataset', 'prepare_main',
-           'usable_cpus', 'loader_workers', 'build_dataloaders']
+           'loader_workers', 'build_dataloaders']
 
 # %% ../nbs/04_data.ipynb #034d2928
 @dataclass(frozen=True)
@@ -434,13 +435,9 @@ def _worker_init(worker_id: int):
     torch.set_num_threads(1)
     np.random.seed(torch.initial_seed() % 2 ** 32)
 
-def usable_cpus() -> int:
-    "CPUs this process may run on."
-    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-
 def loader_workers(requested: int, cpus: int | None = None) -> int:
     "DataLoader workers: `requested`, at most one per CPU beyond the main process's, none on ≤ 2 CPUs."
-    cpus = usable_cpus() if cpus is None else cpus
+    cpus = cpu_count_available() if cpus is None else cpus
     return 0 if cpus <= 2 else max(0, min(requested, cpus - 1))
 
 def build_dataloaders(cfg: Config, *, distributed: bool = False, progress: bool = False) -> dict[str, DataLoader]:

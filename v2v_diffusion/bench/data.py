@@ -14,8 +14,10 @@ from .models import BenchSizes
 from .sections import Section
 from .timing import compare, time_fn
 from ..config import get_config
-from ..data import ClipDataset, find_cases, load_case, load_cases, loader_workers, usable_cpus
+from ..data import ClipDataset, find_cases, load_case, load_cases, loader_workers
 from ..dicom import Volume, dicom_series_bytes, read_zip_case
+from ..runtime import cpu_count_available
+
 
 # %% auto #0
 __all__ = ['INGEST_COLUMNS', 'CACHE_COLUMNS', 'synthetic_volume', 'synthetic_case_zip', 'case_zips', 'bare_pydicom_decode',
@@ -167,7 +169,7 @@ def _cache_notes(refs, dc) -> list:
             f'thick_mode={dc.thick_mode}. MB/s: int16 volume bytes for the cache row, float32 clip bytes '
             '(thin + thick) for the clip rows. The prepare rows write a fresh cache each run.',
             f'`build_dataloaders` here: {loader_workers(dc.num_workers)} worker(s) for `data.num_workers='
-            f'{dc.num_workers}` on {usable_cpus()} usable CPU(s) (workers need cores to spare: each batch crosses '
+            f'{dc.num_workers}` on {cpu_count_available()} usable CPU(s) (workers need cores to spare: each batch crosses '
             'process boundaries through fresh shared memory).']
 
 def bench_cache(zips, sizes: BenchSizes, *, cache_dir, quick: bool = False) -> Section:

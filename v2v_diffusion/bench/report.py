@@ -131,7 +131,9 @@ def _target_checks(sections: dict) -> list:
         ('volume_metrics on 64 × 512² ≤ 3 s', row_value(sections, 'eval', 's'), lambda v: v <= 3.0,
          lambda v: f'{v:.2f} s', eval_why(sections)),
         ('DataLoader with workers ≥ main-process rate', loader_ratio(sections), lambda v: v >= 1.0,
-         lambda v: f'{v:.2f}×', 'best worker count / 0 workers')]
+         lambda v: f'{v:.2f}×',
+         'best worker count / 0 workers; `build_dataloaders` takes none on ≤ 2 usable CPUs, where a batch\'s trip '
+         'through shared memory costs more than the workers save')]
 
 def targets(sections: dict) -> Section:
     "The issue's targets, evaluated on the measured sections, with what explains each figure."
