@@ -169,8 +169,8 @@ def _cache_notes(refs, dc) -> list:
             f'thick_mode={dc.thick_mode}. MB/s: int16 volume bytes for the cache row, float32 clip bytes '
             '(thin + thick) for the clip rows. The prepare rows write a fresh cache each run.',
             f'`build_dataloaders` here: {loader_workers(dc.num_workers)} worker(s) for `data.num_workers='
-            f'{dc.num_workers}` on {cpu_count_available()} usable CPU(s) (workers need cores to spare: each batch crosses '
-            'process boundaries through fresh shared memory).']
+            f'{dc.num_workers}` on {cpu_count_available()} usable CPU(s) (workers need cores to spare: each batch '
+            'crosses process boundaries through fresh shared memory).']
 
 def bench_cache(zips, sizes: BenchSizes, *, cache_dir, quick: bool = False) -> Section:
     "Data preparation (1 vs 2 processes), cached-case reads, clip extraction and DataLoader throughput."
