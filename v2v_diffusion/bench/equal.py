@@ -87,9 +87,10 @@ EQUAL_NOTES = ('Ratio = ours / peer median fwd+bwd time (target ≤ 0.80: ours �
                'at the bench\'s thread count and at 1 thread: on a shared, loaded machine the 2-thread figure mostly '
                'measures the contention. "ours … share": torch.profiler over one fwd+bwd of ours, CPU time in '
                'convolutions (forward and backward), GroupNorm and attention; fp32, so no casts. '
-               '"GFLOP/s": FLOPs / median time; "matmul GFLOP/s": an fp32 2048² matmul timed in the same loop, '
-               'what this CPU gives the best kernel (at equal work, ratio 0.80 needs ours to run 1.25× the peer\'s '
-               'GFLOP/s on the same PyTorch kernels).')
+               '"GFLOP/s": FLOPs / median time; "matmul GFLOP/s": an fp32 2048² matmul timed in the same loop, a '
+               'yardstick of what the CPU gave meanwhile (the VAE\'s large convolutions beat it; the U-Net at this '
+               'latent size is bound by its 280 M weights, with few output positions at its lowest levels). At '
+               'equal work, ratio 0.80 needs ours to run 1.25× the peer\'s GFLOP/s on the same PyTorch kernels.')
 
 def equal_nets(sizes: BenchSizes, cfg) -> list:
     "(name, build ours, build the peer, inputs, loss) of the VAE and the U-Net at `cfg`'s channels, checkpointing off."
