@@ -4,14 +4,14 @@
 
 # %% ../../nbs/14ea_bench_malloc.ipynb #e5b24526
 from __future__ import annotations
-import json, os, resource, statistics, subprocess, sys, time
+import json, resource, statistics, subprocess, sys, time
 from dataclasses import asdict
 import torch
 from .equal import equal_nets, fwd_bwd
 from .models import BenchSizes, monai_missing
 from .sections import Section
 from ..config import config_from_dict, config_to_dict, get_config
-from ..runtime import ENV_KEEP_FREED, keep_freed_memory
+from ..runtime import keep_freed_memory
 
 # %% auto #0
 __all__ = ['MALLOC_COLUMNS', 'MALLOC_NOTES', 'minor_faults', 'step_cost', 'child_costs', 'costs_in_fresh_process', 'malloc_rows',
@@ -47,12 +47,11 @@ def child_costs(cfg_dict: dict, sizes_dict: dict, keep: bool) -> dict:
     return out
 
 def costs_in_fresh_process(cfg, sizes: BenchSizes, keep: bool) -> dict:
-    "`child_costs` run in a new Python process (malloc as it is there unless `keep`)."
+    "`child_costs` run in a new Python process (which sets no malloc option unless `keep`)."
     code = ('import json, sys; from v2v_diffusion.bench.malloc import child_costs; '
             'print(json.dumps(child_costs(*json.loads(sys.argv[1]))))')
     arg = json.dumps([config_to_dict(cfg), asdict(sizes), keep])
-    env = {**os.environ, ENV_KEEP_FREED: '1' if keep else '0'}
-    res = subprocess.run([sys.executable, '-c', code, arg], capture_output=True, text=True, env=env)
+    res = subprocess.run([sys.executable, '-c', code, arg], capture_output=True, text=True)
     if res.returncode: raise RuntimeError(f'bench.malloc child failed: {res.stderr.strip().splitlines()[-1:]}')
     return json.loads(res.stdout.strip().splitlines()[-1])
 
