@@ -156,10 +156,10 @@ def cache_row(refs, d: Path, sizes: BenchSizes) -> dict:
 
 def clips_row(ds, dc, sizes: BenchSizes) -> dict:
     "`ClipDataset[i]` over the whole dataset, clips per second."
-    n = len(ds)
+    n, what = len(ds), 'thin + thick' if ds.formulation is None else 'as training loads it: + base, residual'
     nb = sum(clip_bytes(ds[i]) for i in range(n))
     r = time_fn(lambda: [ds[i] for i in range(n)], warmup=1, repeat=sizes.repeat)
-    return dict(what=f'ClipDataset[i], {dc.n_frames}×{dc.height}² (thin + thick, float32)', items=n, unit='clips',
+    return dict(what=f'ClipDataset[i], {dc.n_frames}×{dc.height}² ({what}, float32)', items=n, unit='clips',
                 s=r['median_s'], rate=n / r['median_s'], mbs=nb / 2**20 / r['median_s'], cached=True,
                 repeat=r['repeat'])
 
@@ -167,7 +167,9 @@ def clips_row(ds, dc, sizes: BenchSizes) -> dict:
 def _cache_notes(refs, dc) -> list:
     return [f'{len(refs)} case(s); clips at `data.n_frames={dc.n_frames}`, {dc.height}×{dc.width}, '
             f'thick_mode={dc.thick_mode}. MB/s: int16 volume bytes for the cache row, float32 clip bytes '
-            '(thin + thick) for the clip rows. The prepare rows write a fresh cache each run.',
+            '(thin + thick, or all a training item holds) for the clip rows. The DataLoader rows load training '
+            'items (`formulation` as the preset has it, as `build_dataloaders` does). The prepare rows write a fresh '
+            'cache each run.',
             f'`build_dataloaders` here: {loader_workers(dc.num_workers)} worker(s) for `data.num_workers='
             f'{dc.num_workers}` on {cpu_count_available()} usable CPU(s) (workers need cores to spare: each batch '
             'crosses process boundaries through fresh shared memory).']
@@ -179,8 +181,9 @@ def bench_cache(zips, sizes: BenchSizes, *, cache_dir, quick: bool = False) -> S
     if not refs: return Section(title, notes=[f'not measured: no cases found in {zips}'])
     rows, cases = prepare_rows(refs, cache_dir, (0, 2), 1 if quick else 2)
     if not cases: return Section(title, rows, notes=['no usable case (see `v2v-prepare`)'])
-    dc = get_config('tiny' if quick else 'v100').data
-    ds = ClipDataset(cases, dc, train=True)
-    rows += [cache_row(refs, Path(cache_dir) / 'prep0', sizes), clips_row(ds, dc, sizes)]
-    rows += [loader_row(ds, w, dc.batch_size, 1 if quick else 3) for w in (0, 1, 2)]
+    cfg = get_config('tiny' if quick else 'v100')
+    dc, ds = cfg.data, ClipDataset(cases, cfg.data, train=True)
+    training = ClipDataset(cases, dc, train=True, formulation=cfg.formulation)
+    rows += [cache_row(refs, Path(cache_dir) / 'prep0', sizes), clips_row(ds, dc, sizes), clips_row(training, dc, sizes)]
+    rows += [loader_row(training, w, dc.batch_size, 1 if quick else 3) for w in (0, 1, 2)]
     return Section(title, rows, CACHE_COLUMNS, _cache_notes(refs, dc))
