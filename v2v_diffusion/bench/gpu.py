@@ -19,7 +19,8 @@ from ..vae import VAE
 
 # %% auto #0
 __all__ = ['GPU_COLUMNS', 'free_cuda', 'fits', 'largest_batch', 'gpu_net', 'device_name', 'gpu_row', 'gpu_rows', 'gpu_volume_row',
-           'bench_gpu', 'measured_step_peak', 'memory_agreement', 'gpu_check']
+           'has_bf16', 'runnable_precisions', 'seed_preset', 'bench_gpu', 'measured_step_peak', 'memory_agreement',
+           'gpu_check']
 
 # %% ../../nbs/14i_bench_gpu.ipynb #d24d44f3
 def free_cuda():
@@ -74,27 +75,30 @@ def _largest(name, c, prec, device, max_batch) -> int:
     def try_batch(B): model_step(*gpu_net(name, c, B, device, flops=False)[:2], precision=prec, device=device)()
     return largest_batch(try_batch, limit=max_batch)
 
-def gpu_row(name, c, prec, ckpt, device, *, repeat, max_batch) -> dict:
-    "Step time, samples/s, peak memory, MFU (and the largest batch, bf16 with checkpointing) of one net."
-    B = c.data.batch_size
+def gpu_row(name, c, prec, ckpt, device, *, repeat, max_batch, largest: bool = False) -> dict:
+    "Step time, samples/s, peak memory, MFU (and, when `largest`, the largest batch) of one net."
+    B, cuda = c.data.batch_size, torch.device(device).type == 'cuda'
+    free_cuda()
+    if cuda: torch.cuda.reset_peak_memory_stats()                   # this row's peak, not the largest row's so far
     model, lf, flops = gpu_net(name, c, B, device)
     s = compare({'s': model_step(model, lf, precision=prec, device=device)}, warmup=2, repeat=repeat,
                 device=device)['s']['median_s']
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.device(device).type == 'cuda' else float('nan')
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float('nan')
     del model
     gc.collect()
     return dict(model=name, precision=prec, ckpt=ckpt, batch=B, s=s, sps=B / s, peak_gb=peak, tflops=flops / s / 1e12,
                 mfu=flops / s / 1e12 / peak_tflops(device_name(device), prec),
-                max_batch=_largest(name, c, prec, device, max_batch) if ckpt and prec == 'bf16' else None)
+                max_batch=_largest(name, c, prec, device, max_batch) if largest else None)
 
 # %% ../../nbs/14i_bench_gpu.ipynb #bc00ebce
 def gpu_rows(cfg, device, *, precisions, repeat, max_batch) -> list:
-    "`gpu_row` of both nets in each precision with checkpointing, and in bf16 without; OOM noted."
-    rows = []
+    "`gpu_row` of both nets in each precision with checkpointing, and in the last one without (and its largest batch)."
+    rows, main = [], precisions[-1]
     for name in ('VAE', 'U-Net'):
-        for prec, ckpt in [(p, True) for p in precisions] + [('bf16', False)]:
+        for prec, ckpt in [(p, True) for p in precisions] + [(main, False)]:
             c = with_checkpointing(cfg, ckpt)
-            try: rows.append(gpu_row(name, c, prec, ckpt, device, repeat=repeat, max_batch=max_batch))
+            try: rows.append(gpu_row(name, c, prec, ckpt, device, repeat=repeat, max_batch=max_batch,
+                                     largest=ckpt and prec == main))
             except torch.cuda.OutOfMemoryError:
                 rows.append(dict(model=name, precision=prec, ckpt=ckpt, batch=c.data.batch_size, s=float('nan'),
                                  note='OOM'))
@@ -113,6 +117,21 @@ def gpu_volume_row(cfg, device, slices=300, num_samples: int | None = None) -> d
                 note=f'DDIM-{cfg.diffusion.ddim_steps}, K = {K} samples batched with the windows, {n} slices of '
                      f'{cfg.data.height}², {n_windows(n, cfg.data.n_frames, cfg.infer.overlap)} windows')
 
+# %% ../../nbs/14i_bench_gpu.ipynb #a509ab62
+def has_bf16(device) -> bool:
+    "Whether `device` runs bf16 natively: a CPU, or a CUDA GPU of compute capability ≥ 8 (Ampere on; a V100 is 7.0)."
+    d = torch.device(device)
+    return d.type != 'cuda' or torch.cuda.get_device_capability(d) >= (8, 0)
+
+def runnable_precisions(precisions, device) -> tuple:
+    "`precisions` without bf16 where `device` has no native bf16 (fp16 instead if nothing is left)."
+    kept = tuple(p for p in precisions if p != 'bf16' or has_bf16(device))
+    return kept or ('fp16',)
+
+def seed_preset(device) -> str:
+    "The seed config for `device`: 'a100' (bf16) where it has native bf16, else 'v100' (fp16 with loss scaling)."
+    return 'a100' if has_bf16(device) else 'v100'
+
 # %% ../../nbs/14i_bench_gpu.ipynb #92a774c0
 def bench_gpu(cfg=None, *, device='cuda', precisions=('fp16', 'bf16'), repeat: int = 5, max_batch: int = 64,
               volume_slices: int = 300) -> Section:
@@ -120,8 +139,8 @@ def bench_gpu(cfg=None, *, device='cuda', precisions=('fp16', 'bf16'), repeat: i
     title = 'GPU at the seed config'
     if torch.device(device).type == 'cuda' and not torch.cuda.is_available():
         return Section(title, notes=['not measured: no GPU in this session'])
-    cfg = cfg or get_config('a100')
-    rows, notes = gpu_rows(cfg, device, precisions=precisions, repeat=repeat, max_batch=max_batch), []
+    cfg, kept = cfg or get_config(seed_preset(device)), runnable_precisions(precisions, device)
+    rows, notes = gpu_rows(cfg, device, precisions=kept, repeat=repeat, max_batch=max_batch), []
     for K in dict.fromkeys((1, cfg.infer.num_samples)):                   # one sample, and the posterior mean's K
         try: rows.append(gpu_volume_row(cfg, device, volume_slices, K))
         except Exception as e: notes.append(f'whole volume, K = {K}, not measured: {error_text(e, 200)}')
@@ -129,6 +148,7 @@ def bench_gpu(cfg=None, *, device='cuda', precisions=('fp16', 'bf16'), repeat: i
     notes.insert(0, f'{dev}; peak {peak_tflops(dev, "bf16")} dense TFLOP/s bf16. MFU uses the forward+backward FLOPs '
                  'of FlopCounterMode (checkpointing recomputation not counted: it is overhead, not useful work). '
                  'Peak GiB: allocator peak incl. weights and AdamW state.')
+    if kept != tuple(precisions): notes.insert(1, f'{", ".join(kept)} only: this GPU has no native bf16.')
     return Section(title, rows, GPU_COLUMNS, notes)
 
 # %% ../../nbs/14i_bench_gpu.ipynb #e8115533
@@ -162,11 +182,11 @@ def memory_agreement(cfg, *, device='cuda', precisions=('fp16', 'bf16')) -> list
 def gpu_check(cfg=None, *, device='cuda', precisions=('fp16', 'bf16'), repeat: int = 5, max_batch: int = 64,
               volume_slices: int = 300) -> Section:
     "`bench_gpu` at the seed config plus `memory_agreement`; the Section `--gpu-check` appends to the report."
-    cfg = cfg or get_config('a100')
+    cfg = cfg or get_config(seed_preset(device))
     s = bench_gpu(cfg, device=device, precisions=precisions, repeat=repeat, max_batch=max_batch,
                   volume_slices=volume_slices)
     if not s.rows: return s
-    s.rows += memory_agreement(cfg, device=device, precisions=precisions)
+    s.rows += memory_agreement(cfg, device=device, precisions=runnable_precisions(precisions, device))
     s.columns = {**GPU_COLUMNS, 'est_gb': 'estimate GiB', 'agree': 'estimate / measured'}
     s.notes.append('Memory rows: the real training step of each stage (as in the memory section) measured on this '
                    'device, beside its fake-tensor estimate (target: within 20 %).')
