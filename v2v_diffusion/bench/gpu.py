@@ -49,17 +49,16 @@ def largest_batch(try_batch, *, start: int = 2, limit: int = 64) -> int:
 
 # %% ../../nbs/14i_bench_gpu.ipynb #29448e62
 def gpu_net(name, cfg, B, device, flops=True) -> tuple:
-    "(model, loss_fn(model), fake-tensor FLOPs of one step at batch `B`) for 'VAE' or 'U-Net' at `cfg`."
+    "(model, loss_fn(model), FLOPs of one step at batch `B`, recomputation not counted) for 'VAE' or 'U-Net' at `cfg`."
     d, f, lc = cfg.data, vae_factor(cfg), cfg.vae.latent_channels
-    if name == 'VAE':
-        args = vae_inputs(B, d.n_frames, d.height, d.width, device=device)
-        build, loss = (lambda: VAE(cfg.vae)), vae_loss
+    def build(c): return VAE(c.vae) if name == 'VAE' else build_unet(c)
+    if name == 'VAE': args, loss = vae_inputs(B, d.n_frames, d.height, d.width, device=device), vae_loss
     else:
         args = unet_inputs(B, d.n_frames, d.height // f, d.width // f, latent=lc, cond=f * f, device=device)
-        build, loss = (lambda: build_unet(cfg)), unet_loss
-    flops = fake_step_flops(build, args, loss) if flops else None
+        loss = unet_loss
+    useful = fake_step_flops(lambda: build(with_checkpointing(cfg, False)), args, loss) if flops else None
     torch.manual_seed(0)
-    return build().to(device), (lambda m: loss(m, *args)), flops
+    return build(cfg).to(device), (lambda m: loss(m, *args)), useful
 
 # %% ../../nbs/14i_bench_gpu.ipynb #2c4e6090
 GPU_COLUMNS = {'model': 'model', 'precision': 'precision', 'ckpt': 'grad ckpt', 'batch': 'batch', 's': 's/step',
