@@ -1,6 +1,6 @@
 """Issue 15: runs that never lose, mix or silently corrupt work — run identity, checksummed checkpoints with
 fallback, non-finite training, one writer per folder, atomic metrics — on the tiny preset (seconds each)."""
-import json, os, subprocess, sys
+import json, os, random, re, subprocess, sys, time
 from pathlib import Path
 import pytest
 import torch
@@ -129,12 +129,41 @@ def _damage(p: Path, rng):
     p.write_bytes(bytes(raw))
 
 
+def _train_steps(metrics: Path) -> list[tuple[int, float]]:
+    "(step, time) of the train rows logged so far (a row being written is skipped)."
+    rows = []
+    for line in (metrics.read_text().splitlines() if metrics.exists() else []):
+        try: r = json.loads(line)
+        except json.JSONDecodeError: continue
+        if r.get('kind') == 'train': rows.append((r['step'], r['time']))
+    return rows
+
+
+def _step_times(metrics: Path, started: float) -> dict:
+    "Seconds from a run's start (`time.time()`) to its first step (key 0) and from each logged step to the next one."
+    rows = _train_steps(metrics)
+    return {0: rows[0][1] - started} | {a: tb - ta for (a, ta), (_, tb) in zip(rows, rows[1:])}
+
+
+def _kill_at_random_moment(p: subprocess.Popen, metrics: Path, times: dict, rng) -> bool:
+    """kill -9 `p` at a random moment of its own progress, however fast the machine: during start-up (a third of the
+    time), or within the step that follows its next logged one (`times` of a straight run). True if it was killed."""
+    def last_row(): return (_train_steps(metrics) or [None])[-1]     # resuming drops rows: compare, do not count
+    start, deadline = last_row(), time.monotonic() + rng.uniform(0.3, 1.0) * max(times[0], 1.0)
+    after_step = rng.random() < 2 / 3
+    while p.poll() is None and (last_row() in (start, None) if after_step else time.monotonic() < deadline):
+        time.sleep(0.01)
+    if after_step and p.poll() is None and (row := last_row()): time.sleep(rng.uniform(0.0, times.get(row[0], 0.5)))
+    if p.poll() is not None: return False
+    p.kill()
+    return True
+
+
 @pytest.mark.slow
 def test_fault_injection_kills_and_corruption(tmp_path):
     """kill -9 at random moments, random damage to checkpoints: resume always takes the newest valid checkpoint of the
     run, the final weights equal a straight run's, the metrics have every step once, and nothing non-finite is saved."""
-    import random, re, time
-    rng, cache, steps = random.Random(15), tmp_path / 'cache', 12
+    rng, cache, steps = random.Random(15), tmp_path / 'cache', 20
     def cmd(out):
         sets = [f'data.cache_dir={cache}', 'data.batch_size=1', f'train.vae_max_steps={steps}',
                 'train.checkpoint_every=1', 'train.validate_every=4', 'train.log_every=1', 'train.val_clips=1',
@@ -142,18 +171,16 @@ def test_fault_injection_kills_and_corruption(tmp_path):
         return [sys.executable, '-c', 'from v2v_diffusion.train import train_main; train_main()', '--preset', 'tiny',
                 '--data-root', str(ROOT / 'data_samples'), '--output-dir', str(out), '--stage', 'vae',
                 *[a for s in sets for a in ('--set', s)]]
+    started = time.time()
     assert subprocess.run(cmd(tmp_path / 'straight'), capture_output=True).returncode == 0
     straight = load_checkpoint(tmp_path / 'straight' / 'checkpoints' / 'checkpoint_last_vae_tiny.pt')
+    times = _step_times(tmp_path / 'straight' / 'metrics.jsonl', started)
     out, run_id, kills, resumed = tmp_path / 'run', None, 0, []
     for attempt in range(40):
         expected = max(_valid_steps(out / 'checkpoints', run_id), default=None) if run_id else None
         p = subprocess.Popen(cmd(out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              env={**os.environ, 'PYTHONUNBUFFERED': '1'})
-        if attempt < 25:
-            time.sleep(rng.uniform(2.0, 9.0))
-            if p.poll() is None:
-                p.kill()
-                kills += 1
+        if attempt < 25 and _kill_at_random_moment(p, out / 'metrics.jsonl', times, rng): kills += 1
         log = p.communicate()[0]
         run_id = run_id or current_run_id(out)
         assert current_run_id(out) == run_id                                   # one run all along
@@ -164,7 +191,7 @@ def test_fault_injection_kills_and_corruption(tmp_path):
         if p.returncode == 0: break
         valid = [q for q in list_checkpoints(out / 'checkpoints') if _is_valid(q) and read_checksum(q)]
         if len(valid) >= 2 and rng.random() < 0.6: _damage(rng.choice(valid), rng)
-    print(f'{kills} kills; resumed at steps {resumed}')
+    print(f'{kills} kills; resumed at steps {resumed}; straight run: {times[0]:.1f} s to step 1')
     assert p.returncode == 0 and kills >= 10, (p.returncode, kills, resumed)
     final = load_checkpoint(out / 'checkpoints' / 'checkpoint_last_vae_tiny.pt')
     assert same_weights(straight, final) and final['run_id'] == run_id
