@@ -107,8 +107,9 @@ bench: install
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/v2v-bench --out BENCHMARKS.md
 
-## gpu-check: on a CUDA machine (< 8 min): seed-config steps fp16/bf16, memory vs estimate, MFU, largest batch, volume latency,
-## appended to BENCHMARKS.md with the device name. GPU_CHECK_ARGS=--dry tries the same path on the CPU in seconds.
+## gpu-check: on a CUDA machine (< 8 min): seed-config steps fp16/bf16 (fp16 only on a V100), memory vs estimate,
+## MFU, largest batch, volume latency, appended to BENCHMARKS.md with the device name. GPU_CHECK_ARGS=--dry tries the
+## same path on the CPU in seconds.
 gpu-check: install
 	$(BIN)/v2v-bench --gpu-check --out BENCHMARKS.md $(GPU_CHECK_ARGS)
 
