@@ -10,17 +10,22 @@ from scipy.interpolate import CubicSpline
 from scipy.special import erf
 
 # %% auto #0
-__all__ = ['INTERP_METHODS', 'SLICE_PROFILES', 'interpolate_z', 'SlabModel', 'interpolation_base', 'compose']
+__all__ = ['INTERP_METHODS', 'SLICE_PROFILES', 'interpolate_z', 'SlabModel', 'base_weights', 'interpolation_base', 'compose']
 
 # %% ../nbs/03a_base.ipynb #aac62348
 INTERP_METHODS = ('nearest', 'linear', 'cubic')
 
-def interpolate_z(thick_hu, thick_z, thin_z, method: str = 'linear', chunk_rows: int = 64) -> np.ndarray:
-    "Interpolate a (Zk, Y, X) volume at slice positions `thick_z` onto positions `thin_z` along z."
-    if method not in INTERP_METHODS: raise ValueError(f"unknown method {method!r} (valid: {', '.join(INTERP_METHODS)})")
+def _thick_stack(thick_hu, thick_z) -> tuple[np.ndarray, np.ndarray]:
+    "(float32 volume, float64 ascending positions) of a thick series, or a ValueError saying what is wrong."
     v, zk = np.asarray(thick_hu, np.float32), np.asarray(thick_z, np.float64)
     if v.shape[0] != len(zk): raise ValueError(f"thick volume has {v.shape[0]} slices but {len(zk)} positions")
     if np.any(np.diff(zk) <= 0): raise ValueError("thick_z must be strictly ascending")
+    return v, zk
+
+def interpolate_z(thick_hu, thick_z, thin_z, method: str = 'linear', chunk_rows: int = 64) -> np.ndarray:
+    "Interpolate a (Zk, Y, X) volume at slice positions `thick_z` onto positions `thin_z` along z."
+    if method not in INTERP_METHODS: raise ValueError(f"unknown method {method!r} (valid: {', '.join(INTERP_METHODS)})")
+    v, zk = _thick_stack(thick_hu, thick_z)
     z = np.clip(np.asarray(thin_z, np.float64), zk[0], zk[-1])
     if len(zk) == 1 or method == 'nearest':
         return v[np.abs(z[:, None] - zk[None]).argmin(1)]
@@ -84,11 +89,19 @@ def _along_z(W: np.ndarray, x) -> np.ndarray:
     return (W.astype(np.float32) @ x.reshape(x.shape[0], -1)).reshape(W.shape[0], *x.shape[1:])
 
 # %% ../nbs/03a_base.ipynb #20b2c8fb
+def base_weights(thick_z, thickness: float, thin_z, method: str = 'cubic', consistent: bool = True,
+                 profile: str = 'boxcar') -> np.ndarray:
+    "(Z, Zk) weights W of the base: it is linear in the thick slices, so base = W @ thick along z, at any size."
+    n = len(thick_z)
+    b = interpolate_z(np.eye(n, dtype=np.float32)[:, :, None], thick_z, thin_z, method)      # one column per slice
+    return (SlabModel.of(thick_z, thickness, thin_z, profile).project(b, np.eye(n)[:, :, None]) if consistent
+            else b)[:, :, 0]
+
 def interpolation_base(thick_hu, thick_z, thickness: float, thin_z, method: str = 'cubic', consistent: bool = True,
                        profile: str = 'boxcar') -> np.ndarray:
     "`method` interpolation of the whole thick series at `thin_z`, made consistent with it when `consistent`."
-    b = interpolate_z(thick_hu, thick_z, thin_z, method)
-    return SlabModel.of(thick_z, thickness, thin_z, profile).project(b, thick_hu) if consistent else b
+    v, zk = _thick_stack(thick_hu, thick_z)
+    return _along_z(base_weights(zk, thickness, thin_z, method, consistent, profile), v)
 
 def compose(base, residual, slabs: SlabModel | None = None) -> np.ndarray:
     "base + residual (its slab-mean part removed first when `slabs`): the output of every residual model."

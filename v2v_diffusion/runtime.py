@@ -7,11 +7,13 @@ from __future__ import annotations
 import ctypes, math, os, platform
 from pathlib import Path
 import torch
+import scipy.linalg                     # loads scipy's own BLAS now, so that `limit_blas_threads` reaches it too
+from threadpoolctl import threadpool_limits
 
 # %% auto #0
-__all__ = ['ENV_THREADS', 'ENV_KEEP_FREED', 'M_TRIM_THRESHOLD', 'M_MMAP_THRESHOLD', 'parse_cpu_max', 'parse_cfs',
-           'cgroup_cpu_limit', 'affinity_cpus', 'cpu_count_available', 'num_threads', 'set_torch_threads',
-           'keep_freed_memory', 'configure_process']
+__all__ = ['ENV_THREADS', 'ENV_BLAS_THREADS', 'ENV_KEEP_FREED', 'M_TRIM_THRESHOLD', 'M_MMAP_THRESHOLD', 'parse_cpu_max',
+           'parse_cfs', 'cgroup_cpu_limit', 'affinity_cpus', 'cpu_count_available', 'num_threads', 'set_torch_threads',
+           'limit_blas_threads', 'keep_freed_memory', 'configure_process']
 
 # %% ../nbs/01a_runtime.ipynb #8129ac15
 def parse_cpu_max(text: str) -> float | None:
@@ -77,6 +79,15 @@ def set_torch_threads(n: int | None = None) -> int:
     torch.set_num_threads(n)
     return n
 
+# %% ../nbs/01a_runtime.ipynb #5f4647db
+ENV_BLAS_THREADS = 'OPENBLAS_NUM_THREADS'
+
+def limit_blas_threads(env=None) -> int:
+    "numpy's and scipy's BLAS pools to `OPENBLAS_NUM_THREADS` threads (1 when unset): torch has the cores."
+    n = _env_int(os.environ if env is None else env, ENV_BLAS_THREADS) or 1
+    threadpool_limits(n, user_api='blas')
+    return n
+
 # %% ../nbs/01a_runtime.ipynb #b0fae6ab
 ENV_KEEP_FREED = 'V2V_KEEP_FREED_MEMORY'
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3            # glibc's mallopt parameters (malloc.h)
@@ -88,7 +99,8 @@ def keep_freed_memory(mmap_threshold: int = 32 * 2**20) -> bool:
     return bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 def configure_process(env=None) -> dict:
-    "Torch threads (`num_threads`) and, unless `V2V_KEEP_FREED_MEMORY=0`, `keep_freed_memory`; what was set."
+    "Torch threads, BLAS threads, and freed memory kept unless `V2V_KEEP_FREED_MEMORY=0`; what was set."
     env = os.environ if env is None else env
     keep = str(env.get(ENV_KEEP_FREED, '1')).strip() != '0' and keep_freed_memory()
-    return {'threads': set_torch_threads(num_threads(env)), 'keep_freed_memory': keep}
+    return {'threads': set_torch_threads(num_threads(env)), 'blas_threads': limit_blas_threads(env),
+            'keep_freed_memory': keep}

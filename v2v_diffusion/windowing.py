@@ -44,7 +44,12 @@ def _float32(x):
 def hu_to_unit(hu, window: Window | str | tuple = 'seed'):
     "HU → [−1, 1] float32 under `window`, clipped outside it."
     w = as_window(window)
-    return ((_float32(hu) - w.low) * (2.0 / w.width) - 1.0).clip(-1.0, 1.0)
+    y = _float32(hu) - w.low
+    if not isinstance(y, (np.ndarray, torch.Tensor)) or y.ndim == 0 or getattr(y, 'requires_grad', False):
+        return (y * (2.0 / w.width) - 1.0).clip(-1.0, 1.0)
+    y *= 2.0 / w.width                          # in place on the one new array: the same values, far less memory traffic
+    y -= 1.0
+    return (torch.clamp if isinstance(y, torch.Tensor) else np.clip)(y, -1.0, 1.0, out=y)
 
 def unit_to_hu(x, window: Window | str | tuple = 'seed'):
     "[−1, 1] → HU float32 (inverse of `hu_to_unit` inside the window)."
