@@ -254,7 +254,7 @@ def _one_line(e: BaseException, limit: int = 400) -> str:
     return msg if len(msg) <= limit else msg[:limit] + ' ...'
 
 def _console(main):
-    "Console-script entry for `main` (argv: `sys.argv`): process configured; exit 0 on return, 2 and a line on a user error."
+    "Console-script entry for `main` (argv: `sys.argv`): process configured; exit 0, or 2 and a line on a user error."
     prog = 'v2v-' + main.__name__.removesuffix('_main')
     def entry(argv=None) -> int:
         configure_process()

@@ -47,7 +47,7 @@ def hu_to_unit(hu, window: Window | str | tuple = 'seed'):
     y = _float32(hu) - w.low
     if not isinstance(y, (np.ndarray, torch.Tensor)) or y.ndim == 0 or getattr(y, 'requires_grad', False):
         return (y * (2.0 / w.width) - 1.0).clip(-1.0, 1.0)
-    y *= 2.0 / w.width                          # in place on the one new array: the same values, far less memory traffic
+    y *= 2.0 / w.width                      # in place on the one new array: the same values, less memory traffic
     y -= 1.0
     return (torch.clamp if isinstance(y, torch.Tensor) else np.clip)(y, -1.0, 1.0, out=y)
 

@@ -182,8 +182,8 @@ def bench_cache(zips, sizes: BenchSizes, *, cache_dir, quick: bool = False) -> S
     rows, cases = prepare_rows(refs, cache_dir, (0, 2), 1 if quick else 2)
     if not cases: return Section(title, rows, notes=['no usable case (see `v2v-prepare`)'])
     cfg = get_config('tiny' if quick else 'v100')
-    dc, ds = cfg.data, ClipDataset(cases, cfg.data, train=True)
-    training = ClipDataset(cases, dc, train=True, formulation=cfg.formulation)
-    rows += [cache_row(refs, Path(cache_dir) / 'prep0', sizes), clips_row(ds, dc, sizes), clips_row(training, dc, sizes)]
+    dc = cfg.data
+    ds, training = ClipDataset(cases, dc, train=True), ClipDataset(cases, dc, train=True, formulation=cfg.formulation)
+    rows += [cache_row(refs, Path(cache_dir) / 'prep0', sizes)] + [clips_row(d, dc, sizes) for d in (ds, training)]
     rows += [loader_row(training, w, dc.batch_size, 1 if quick else 3) for w in (0, 1, 2)]
     return Section(title, rows, CACHE_COLUMNS, _cache_notes(refs, dc))
