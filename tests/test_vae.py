@@ -44,10 +44,14 @@ def test_reparameterized_sample_statistics():
 
 def test_seed_config_parameter_count():
     with torch.device('meta'): n = count_parameters(VAE(get_config('v100').vae))
-    assert n == 39_728_585 and abs(n / 43.1e6 - 1) < 0.15
+    assert n == 38_767_817 and abs(n / 43.1e6 - 1) < 0.15           # full resolution in-plane (inplane_levels=1)
+    with torch.device('meta'): n0 = count_parameters(VAE(VAEConfig(inplane_levels=0)))
+    assert n0 == 39_728_585 and abs(n0 / 43.1e6 - 1) < 0.15
 
 def test_temporal_receptive_field_formula():
-    assert temporal_receptive_field(get_config('v100').vae)['encoder'] == 1 + 2 * (1 + 4 * 2 * 2 + 3 + 1)
+    assert temporal_receptive_field(VAEConfig(inplane_levels=0))['encoder'] == 1 + 2 * (1 + 4 * 2 * 2 + 3 + 1)
+    # the seed: conv_in and level 0's four res-block convs in-plane; the field still spans a 24-frame clip
+    assert temporal_receptive_field(get_config('v100').vae)['encoder'] == 1 + 2 * (1 + 4 * 2 * 2 + 3 + 1) - 2 * 5 > 24
     assert temporal_receptive_field(VAEConfig(temporal_kernel=1))['autoencoder'] == 1
 
 def test_autocast_bf16(vae):

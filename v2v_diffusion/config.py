@@ -44,6 +44,7 @@ class VAEConfig:
     latent_channels: int = 4
     norm_groups: int = 32
     temporal_kernel: int = 3            # odd kernel size of the temporal mixing convs
+    inplane_levels: int = 0             # the finest levels whose convs are in-plane only (k_t = 1)
     scaling_factor: float = 0.18215     # latents are multiplied by this; measured on data in training
     kl_weight: float = 1e-6
     msssim_weight: float = 0.0          # optional MS-SSIM term in the reconstruction loss
@@ -198,6 +199,8 @@ def check_vae_config(v: VAEConfig):
         _bad('vae.channels', v.channels, f'every entry must divide by norm_groups={v.norm_groups}')
     if v.temporal_kernel < 1 or v.temporal_kernel % 2 == 0:
         raise ConfigError(f"vae.temporal_kernel={v.temporal_kernel} must be odd and >= 1 (T is kept)")
+    if not 0 <= v.inplane_levels <= len(v.channels):
+        _bad('vae.inplane_levels', v.inplane_levels, f'valid: 0..{len(v.channels)} (one per entry of vae.channels)')
     if v.num_res_blocks < 1 or v.latent_channels < 1:
         raise ConfigError(f"vae.num_res_blocks={v.num_res_blocks}, vae.latent_channels={v.latent_channels}: "
                           "num_res_blocks and latent_channels must be >= 1")
@@ -221,7 +224,8 @@ RANGES = {
     'data.val_frac': '[0, 1)', 'data.test_frac': '[0, 1)', 'data.split_seed': '>= 0', 'data.batch_size': '>= 1',
     'data.num_workers': '>= 0',
     'vae.in_channels': '>= 1', 'vae.num_res_blocks': '>= 1', 'vae.latent_channels': '>= 1', 'vae.norm_groups': '>= 1',
-    'vae.temporal_kernel': '>= 1', 'vae.scaling_factor': '> 0', 'vae.kl_weight': '>= 0', 'vae.msssim_weight': '>= 0',
+    'vae.temporal_kernel': '>= 1', 'vae.inplane_levels': '>= 0', 'vae.scaling_factor': '> 0', 'vae.kl_weight': '>= 0',
+    'vae.msssim_weight': '>= 0',
     'unet.model_channels': '>= 1', 'unet.num_res_blocks': '>= 1', 'unet.num_heads': '>= 1',
     'unet.time_embed_dim': '>= 1', 'unet.norm_groups': '>= 1', 'unet.dropout': '[0, 1)',
     'diffusion.num_train_steps': '>= 1', 'diffusion.ddim_steps': '>= 1', 'diffusion.ddim_eta': '>= 0',
@@ -320,7 +324,8 @@ def _preset_v100() -> dict:
     "The seed's training setup on a V100 32 GB."
     return {'data': dict(n_frames=24, height=256, width=256, batch_size=2, val_frac=0.15, test_frac=0.10,
                          split_seed=42),
-            'unet': dict(grad_checkpointing=True), 'vae': dict(grad_checkpointing=True),
+            'unet': dict(grad_checkpointing=True),
+            'vae': dict(grad_checkpointing=True, inplane_levels=1),   # full resolution in-plane: 05_vae
             'diffusion': dict(ddim_steps=50, prediction='v'),
             'train': dict(grad_accum=16, precision='fp16', lr=1e-4, weight_decay=0.01, warmup_steps=1000, min_lr=1e-6,
                           max_grad_norm=1.0, checkpoint_every=1000, validate_every=1000, keep_last=1,

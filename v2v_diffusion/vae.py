@@ -12,7 +12,7 @@ from .config import VAEConfig, check_vae_config
 from .layers import GroupNorm, conv3d, run_block, ResBlock, SpaceTimeAttention, Upsample
 
 # %% auto #0
-__all__ = ['DiagonalGaussian', 'Encoder', 'Decoder', 'VAE', 'count_parameters', 'temporal_receptive_field',
+__all__ = ['DiagonalGaussian', 'temporal_kernel_at', 'Encoder', 'Decoder', 'VAE', 'count_parameters', 'temporal_receptive_field',
            'measure_scaling_factor']
 
 # %% ../nbs/05_vae.ipynb #f8dddb23
@@ -35,6 +35,10 @@ class DiagonalGaussian:
         return 0.5 * (m.pow(2) + lv.exp() - 1.0 - lv).flatten(1).sum(1)
 
 # %% ../nbs/05_vae.ipynb #07a032fd
+def temporal_kernel_at(cfg: VAEConfig, level: int) -> int:
+    "`k_t` of the convs whose output is at `level` (0: full resolution): 1 in the first `inplane_levels` levels."
+    return 1 if level < cfg.inplane_levels else cfg.temporal_kernel
+
 class _ConvStack(nn.Module):
     "conv_in → blocks (each checkpointed when `grad_checkpointing`) → GroupNorm, SiLU, conv_out: encoder and decoder."
     def forward(self, x):
@@ -47,17 +51,17 @@ class Encoder(_ConvStack):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         check_vae_config(cfg)
-        ch, g, kt = cfg.channels, cfg.norm_groups, cfg.temporal_kernel
-        self.grad_checkpointing, self.conv_in = cfg.grad_checkpointing, conv3d(cfg.in_channels, ch[0], kt)
+        ch, g, kt = cfg.channels, cfg.norm_groups, lambda level: temporal_kernel_at(cfg, level)
+        self.grad_checkpointing, self.conv_in = cfg.grad_checkpointing, conv3d(cfg.in_channels, ch[0], kt(0))
         blocks, c = [], ch[0]
         for i, c_out in enumerate(ch):
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResBlock(c, c_out, groups=g, kt=kt))
+                blocks.append(ResBlock(c, c_out, groups=g, kt=kt(i)))
                 c = c_out
-            if i < len(ch) - 1: blocks.append(conv3d(c, c, kt, stride=2))
+            if i < len(ch) - 1: blocks.append(conv3d(c, c, kt(i + 1), stride=2))
         blocks.append(SpaceTimeAttention(c, heads=1, groups=g))
         self.blocks, self.norm_out = nn.ModuleList(blocks), GroupNorm(g, c)
-        self.conv_out = conv3d(c, 2 * cfg.latent_channels, kt)
+        self.conv_out = conv3d(c, 2 * cfg.latent_channels, kt(len(ch) - 1))
 
 # %% ../nbs/05_vae.ipynb #861c39ff
 class Decoder(_ConvStack):
@@ -65,16 +69,17 @@ class Decoder(_ConvStack):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         check_vae_config(cfg)
-        ch, g, kt = cfg.channels[::-1], cfg.norm_groups, cfg.temporal_kernel
-        self.grad_checkpointing, self.conv_in = cfg.grad_checkpointing, conv3d(cfg.latent_channels, ch[0], kt)
+        ch, g, last = cfg.channels[::-1], cfg.norm_groups, len(cfg.channels) - 1
+        kt = lambda i: temporal_kernel_at(cfg, last - i)                       # i counts from the coarsest level
+        self.grad_checkpointing, self.conv_in = cfg.grad_checkpointing, conv3d(cfg.latent_channels, ch[0], kt(0))
         blocks, c = [SpaceTimeAttention(ch[0], heads=1, groups=g)], ch[0]
         for i, c_out in enumerate(ch):
             for _ in range(cfg.num_res_blocks):
-                blocks.append(ResBlock(c, c_out, groups=g, kt=kt))
+                blocks.append(ResBlock(c, c_out, groups=g, kt=kt(i)))
                 c = c_out
-            if i < len(ch) - 1: blocks.append(Upsample(c, kt))
+            if i < last: blocks.append(Upsample(c, kt(i + 1)))
         self.blocks, self.norm_out = nn.ModuleList(blocks), GroupNorm(g, c)
-        self.conv_out = conv3d(c, cfg.in_channels, kt)
+        self.conv_out = conv3d(c, cfg.in_channels, kt(last))
 
 # %% ../nbs/05_vae.ipynb #f999173e
 class VAE(nn.Module):
@@ -117,8 +122,9 @@ def count_parameters(module: nn.Module) -> int:
 def temporal_receptive_field(cfg: VAEConfig) -> dict:
     "Frames of input one output frame sees through the convolutions of encoder and decoder (attention sees all)."
     levels = len(cfg.channels)
-    n_convs = 1 + levels * cfg.num_res_blocks * 2 + (levels - 1) + 1     # conv_in, res blocks, resampling, conv_out
-    r = n_convs * (cfg.temporal_kernel - 1) + 1
+    # a level's convs: its res blocks' two each, conv_in or the resampling conv into it, conv_out at the coarsest
+    n_convs = [2 * cfg.num_res_blocks + 1 + (i == levels - 1) for i in range(levels)]
+    r = 1 + sum(n * (temporal_kernel_at(cfg, i) - 1) for i, n in enumerate(n_convs))
     return {'encoder': r, 'decoder': r, 'autoencoder': 2 * r - 1}
 
 # %% ../nbs/05_vae.ipynb #3bce51e8

@@ -83,7 +83,10 @@ EQUAL_NOTES = ('Ratio = ours / peer median fwd+bwd time (target ≤ 0.80: ours �
                'in pattern, not to the FLOP. Gradient checkpointing is off in ours (the seed turns it on for memory): '
                'it recomputes every block\'s forward in the backward, work the peers do not do (it made ours/peer '
                '1.33 instead of ~1.1 for the U-Net). The U-Net is `build_unet`\'s: its input is the noisy latent ⊕ '
-               'the base space-to-depth ({cc} channels), and the peer takes the same concatenation. Each net is timed '
+               'the base space-to-depth ({cc} channels), and the peer takes the same concatenation. Our VAE convolves '
+               'in-plane only in its {inplane} finest level(s) (`vae.inplane_levels`, as the seed preset has it; '
+               'the peer keeps (3,3,3) kernels there): that design, not faster kernels, is its work ours/peer below 1 '
+               '(05_vae; the GFLOP/s columns compare the kernels). Each net is timed '
                'at the bench\'s thread count and at 1 thread: on a shared, loaded machine the 2-thread figure mostly '
                'measures the contention. "ours … share": torch.profiler over one fwd+bwd of ours, CPU time in '
                'convolutions (forward and backward), GroupNorm and attention; fp32, so no casts. '
@@ -113,4 +116,5 @@ def bench_equal_work(sizes: BenchSizes, cfg=None) -> Section:
     for net in equal_nets(sizes, cfg):
         rows += equal_rows(*net, sizes, threads)
         gc.collect()
-    return Section(title, rows, EQUAL_COLUMNS, [EQUAL_NOTES.format(cc=vae_factor(cfg) ** 2)])
+    return Section(title, rows, EQUAL_COLUMNS, [EQUAL_NOTES.format(cc=vae_factor(cfg) ** 2,
+                                                                   inplane=cfg.vae.inplane_levels)])

@@ -57,9 +57,9 @@ QUICK = BenchSizes(vae_channels=(8, 8, 8, 8), vae_groups=4, clip=(2, 8, 16, 16),
 
 # %% ../../nbs/14c_bench_models.ipynb #3725f8cb
 def bench_configs(sizes: BenchSizes) -> tuple[VAEConfig, UNetConfig]:
-    "Our `VAEConfig`/`UNetConfig` at the bench size (time embedding 4× width, as MONAI's)."
+    "Our `VAEConfig`/`UNetConfig` at the bench size: the seed's layout (time embedding 4× width, as MONAI's)."
     vae = VAEConfig(channels=tuple(sizes.vae_channels), num_res_blocks=sizes.vae_res_blocks,
-                    norm_groups=sizes.vae_groups)
+                    norm_groups=sizes.vae_groups, inplane_levels=get_config('v100').vae.inplane_levels)
     unet = UNetConfig(model_channels=sizes.unet_channels, channel_mult=tuple(sizes.unet_mult),
                       num_res_blocks=sizes.unet_res_blocks, attention_levels=tuple(sizes.unet_attention),
                       num_heads=sizes.unet_heads, time_embed_dim=4 * sizes.unet_channels, norm_groups=sizes.unet_groups)
