@@ -48,7 +48,7 @@ def test_gpu_and_targets(report):
     md, js = report
     import torch
     if not torch.cuda.is_available(): assert 'not measured: no GPU in this session' in md
-    t = rows(js, 'targets'); assert len(t) == 13
+    t = rows(js, 'targets'); assert len(t) == 14
     assert all(r['verdict'] in ('met', 'NOT met', 'not measured') for r in t)
 
 def test_bad_section_name(tmp_path):

@@ -16,13 +16,14 @@ from .timing import compare, time_fn
 from ..config import get_config
 from ..data import ClipDataset, find_cases, load_case, load_cases, loader_workers
 from ..dicom import Volume, dicom_series_bytes, read_zip_case
+from ..phantom import phantom_case
 from ..runtime import cpu_count_available
 
 
 # %% auto #0
 __all__ = ['INGEST_COLUMNS', 'CACHE_COLUMNS', 'synthetic_volume', 'synthetic_case_zip', 'case_zips', 'bare_pydicom_decode',
            'our_decode', 'ingest_rows', 'bench_ingest', 'refs_for', 'prepare_rows', 'clip_bytes', 'loader_row',
-           'cache_row', 'clips_row', 'bench_cache']
+           'cache_row', 'clips_row', 'phantom_row', 'bench_cache']
 
 # %% ../../nbs/14f_bench_data.ipynb #2f33fba3
 def synthetic_volume(hu: np.ndarray, dz: float) -> Volume:
@@ -163,6 +164,13 @@ def clips_row(ds, dc, sizes: BenchSizes) -> dict:
                 s=r['median_s'], rate=n / r['median_s'], mbs=nb / 2**20 / r['median_s'], cached=True,
                 repeat=r['repeat'])
 
+def phantom_row(sizes: BenchSizes, n_thin: int = 80, size: int = 128) -> dict:
+    "Seconds for one `phantom_case` (thin and thick series) of `n_thin` thin slices of `size`²."
+    r = time_fn(lambda: phantom_case(0, n_thin=n_thin, size=size), warmup=1, repeat=sizes.repeat)
+    return dict(what=f'phantom_case: {n_thin} thin slices of {size}² and their thick series', items=n_thin,
+                unit='slices', s=r['median_s'], rate=n_thin / r['median_s'], mbs=None, cached=False,
+                repeat=r['repeat'], phantom=(n_thin, size))
+
 # %% ../../nbs/14f_bench_data.ipynb #273b498e
 def _cache_notes(refs, dc) -> list:
     return [f'{len(refs)} case(s); clips at `data.n_frames={dc.n_frames}`, {dc.height}×{dc.width}, '
@@ -186,4 +194,5 @@ def bench_cache(zips, sizes: BenchSizes, *, cache_dir, quick: bool = False) -> S
     ds, training = ClipDataset(cases, dc, train=True), ClipDataset(cases, dc, train=True, formulation=cfg.formulation)
     rows += [cache_row(refs, Path(cache_dir) / 'prep0', sizes)] + [clips_row(d, dc, sizes) for d in (ds, training)]
     rows += [loader_row(training, w, dc.batch_size, 1 if quick else 3) for w in (0, 1, 2)]
+    rows.append(phantom_row(sizes, *((16, 64) if quick else (80, 128))))
     return Section(title, rows, CACHE_COLUMNS, _cache_notes(refs, dc))

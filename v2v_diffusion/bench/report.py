@@ -130,6 +130,8 @@ def _target_checks(sections: dict) -> list:
          lambda v: f'{v:.1%} off', 'worst of the check rows'),
         ('volume_metrics on 64 × 512² ≤ 3 s', row_value(sections, 'eval', 's'), lambda v: v <= 3.0,
          lambda v: f'{v:.2f} s', eval_why(sections)),
+        ('one phantom case of 80 thin slices at 128² ≤ 2 s', row_value(sections, 'cache', 's', phantom=(80, 128)),
+         lambda v: v <= 2.0, lambda v: f'{v:.2f} s', '`phantom_case`, thin and thick series (the demo makes ten)'),
         ('DataLoader with workers ≥ main-process rate', loader_ratio(sections), lambda v: v >= 1.0,
          lambda v: f'{v:.2f}×',
          'best worker count / 0 workers; `build_dataloaders` takes none on ≤ 2 usable CPUs, where a batch\'s trip '
