@@ -1,4 +1,4 @@
-"Phantom: determinism, speed, z-structure, slab-averaged thick series, filling defects, CLI layout."
+"Phantom: determinism, z-structure, slab-averaged thick series, filling defects, CLI layout."
 import json, zipfile
 from pathlib import Path
 import numpy as np, pytest
