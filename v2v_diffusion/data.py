@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse, json, math, multiprocessing, os, re, warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 from .config import Config, DataConfig, FormulationConfig, load_config, get_config
 from .base import interpolation_base
 from .dicom import DicomError, DicomWarning, Volume, pick_thick_thin, read_dicom_tree
@@ -24,7 +25,7 @@ __all__ = ['THICK_RATIO', 'CACHE_LOCK_WAIT', 'CaseRef', 'find_cases', 'PairedCas
            'native_thick_frames', 'sample_z', 'window_thick_z', 'cond_frames', 'cond_positions', 'model_size',
            'model_window', 'resize_slices', 'resize_hu', 'to_model', 'window_base', 'clip_inputs', 'ClipDataset',
            'split_cases', 'make_splits', 'load_cases', 'summary_table', 'prepare_dataset', 'prepare_main',
-           'loader_workers', 'build_dataloaders']
+           'loader_workers', 'collate_clips', 'clip_loader', 'build_dataloaders']
 
 # %% ../nbs/04_data.ipynb #034d2928
 @dataclass(frozen=True)
@@ -440,8 +441,21 @@ def loader_workers(requested: int, cpus: int | None = None) -> int:
     cpus = cpu_count_available() if cpus is None else cpus
     return 0 if cpus <= 2 else max(0, min(requested, cpus - 1))
 
-def build_dataloaders(cfg: Config, *, distributed: bool = False, progress: bool = False) -> dict[str, DataLoader]:
-    "Train/val/test DataLoaders of `ClipDataset` over the cached, split dataset in `cfg.data`."
+def collate_clips(items: list[dict], keys: tuple[str, ...] | None = None) -> dict:
+    "A batch of dataset items that keeps, of their clips (tensors of 3 or more dims), those in `keys` (all if None)."
+    def keep(k, v): return keys is None or k in keys or not (isinstance(v, torch.Tensor) and v.ndim >= 3)
+    return default_collate([{k: v for k, v in it.items() if keep(k, v)} for it in items])
+
+def clip_loader(ds: Dataset, batch_size: int, workers: int, *, shuffle: bool = False, sampler=None,
+                keys: tuple[str, ...] | None = None) -> DataLoader:
+    "A DataLoader of clips: persistent workers of one thread each, batches of the clips `keys` (all if None)."
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler, num_workers=workers,
+                      persistent_workers=workers > 0, worker_init_fn=_worker_init,
+                      collate_fn=partial(collate_clips, keys=keys), pin_memory=torch.cuda.is_available())
+
+def build_dataloaders(cfg: Config, *, distributed: bool = False, progress: bool = False,
+                      train_keys: tuple[str, ...] | None = None) -> dict[str, DataLoader]:
+    "Train/val/test DataLoaders of `ClipDataset` over `cfg.data`; the train batches carry the clips `train_keys`."
     dc = cfg.data
     rows, cases = load_cases(find_cases(dc.root), dc.cache_dir, progress=progress, tilt=dc.tilt)
     for r in rows:
@@ -452,8 +466,6 @@ def build_dataloaders(cfg: Config, *, distributed: bool = False, progress: bool 
         train = name == 'train'
         ds = ClipDataset([by_id[i] for i in ids], dc, train=train, formulation=cfg.formulation)
         sampler = DistributedSampler(ds, shuffle=train, seed=cfg.train.seed) if distributed and len(ds) else None
-        out[name] = DataLoader(ds, batch_size=dc.batch_size, shuffle=train and sampler is None and len(ds) > 0,
-                               sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-                               worker_init_fn=_worker_init,
-                               pin_memory=torch.cuda.is_available())
+        out[name] = clip_loader(ds, dc.batch_size, workers, shuffle=train and sampler is None and len(ds) > 0,
+                                sampler=sampler, keys=train_keys if train else None)
     return out

@@ -13,8 +13,9 @@ from .unet import UNet
 from .diffusion import GaussianDiffusion, sample
 
 # %% auto #0
-__all__ = ['vae_factor', 'space_to_depth', 'model_condition', 'model_target', 'build_unet', 'encode', 'decode',
-           'regression_timestep', 'regress', 'corrector_target', 'predict_latents', 'clip_output']
+__all__ = ['vae_factor', 'space_to_depth', 'condition_key', 'target_key', 'vae_keys', 'training_keys', 'model_condition',
+           'model_target', 'build_unet', 'encode', 'decode', 'regression_timestep', 'regress', 'corrector_target',
+           'predict_latents', 'clip_output']
 
 # %% ../nbs/07a_formulation.ipynb #510a13ea
 def vae_factor(cfg: Config) -> int:
@@ -25,13 +26,29 @@ def space_to_depth(x: torch.Tensor, f: int) -> torch.Tensor:
     "(B,1,T,H,W) → (B,f²,T,H/f,W/f): every f×f block of pixels as channels, losslessly."
     return F.pixel_unshuffle(x.transpose(1, 2), f).transpose(1, 2)
 
+def condition_key(cfg: Config) -> str:
+    "The clip the U-Net is conditioned on: the base (or the thick frames)."
+    return 'base' if cfg.formulation.condition == 'base' else 'thick'
+
+def target_key(cfg: Config) -> str:
+    "The clip the VAE encodes and the diffusion model generates: the residual (or the thin clip)."
+    return 'residual' if cfg.formulation.target == 'residual' else 'thin'
+
+def vae_keys(cfg: Config) -> tuple[str, ...]:
+    "The clips the VAE learns to reconstruct: the target, and the thick frames too when the target is the thin clip."
+    return (target_key(cfg),) + (('thick',) if target_key(cfg) == 'thin' else ())
+
+def training_keys(cfg: Config) -> tuple[str, ...]:
+    "The clips a training batch is read for, in both stages: the VAE's, the target and the condition."
+    return tuple(dict.fromkeys((*vae_keys(cfg), target_key(cfg), condition_key(cfg))))
+
 def model_condition(batch: dict, cfg: Config) -> torch.Tensor:
-    "The U-Net's condition of a batch of clips: the base (or the thick frames), space-to-depth."
-    return space_to_depth(batch['base' if cfg.formulation.condition == 'base' else 'thick'], vae_factor(cfg))
+    "The U-Net's condition of a batch of clips, space-to-depth."
+    return space_to_depth(batch[condition_key(cfg)], vae_factor(cfg))
 
 def model_target(batch: dict, cfg: Config) -> torch.Tensor:
-    "The clip the VAE encodes and the diffusion model generates: the residual (or the thin clip)."
-    return batch['residual' if cfg.formulation.target == 'residual' else 'thin']
+    "The target clips of a batch."
+    return batch[target_key(cfg)]
 
 def build_unet(cfg: Config) -> UNet:
     "The U-Net of `cfg`, its input widened to the space-to-depth condition."

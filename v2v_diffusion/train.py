@@ -27,7 +27,7 @@ from .data import build_dataloaders
 from .vae import VAE, measure_scaling_factor
 from .diffusion import GaussianDiffusion
 from .formulation import (encode, decode, model_condition, model_target, build_unet, regress,
-                                       corrector_target, predict_latents, clip_output)
+                                       corrector_target, predict_latents, clip_output, vae_keys, training_keys)
 
 # %% auto #0
 __all__ = ['logger', 'MAX_NONFINITE_STEPS', 'MAX_NONFINITE_STEPS_UNSCALED', 'STAGES', 'Dist', 'setup_distributed',
@@ -518,7 +518,7 @@ def fixed_val_batch(loaders: dict, n: int) -> dict:
 
 def load_data(cfg: Config, d: Dist) -> Data:
     "`build_dataloaders` → the train loader and the fixed validation batch."
-    loaders = build_dataloaders(cfg, distributed=d.world > 1)
+    loaders = build_dataloaders(cfg, distributed=d.world > 1, train_keys=training_keys(cfg))
     return Data(loaders['train'], fixed_val_batch(loaders, cfg.train.val_clips))
 
 # %% ../nbs/10_train.ipynb #03165c30
@@ -538,7 +538,7 @@ class VAELoss(nn.Module):
         self.vae, self.cfg, self.device = vae, cfg, device
     def forward(self, batch: dict):
         v, losses, logs = self.cfg.vae, [], {}
-        for key in ('residual',) if self.cfg.formulation.target == 'residual' else ('thin', 'thick'):
+        for key in vae_keys(self.cfg):
             x = batch[key].to(self.device, non_blocking=True)
             recon, post = self.vae(x)
             rec, kl = recon_loss(recon.float(), x, self.cfg.train.recon_loss, v.msssim_weight), post.kl().mean()

@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import torch
-from torch.utils.data import DataLoader
 from .models import BenchSizes
 from .sections import Section
 from .timing import compare, time_fn
 from ..config import get_config
-from ..data import ClipDataset, find_cases, load_case, load_cases, loader_workers
+from ..data import ClipDataset, clip_loader, find_cases, load_case, load_cases, loader_workers
+from ..formulation import training_keys
 from ..dicom import Volume, dicom_series_bytes, read_zip_case
 from ..phantom import phantom_case
 from ..runtime import cpu_count_available
@@ -130,9 +130,9 @@ def clip_bytes(item) -> int:
     "Bytes of the clip tensors (3 or more dimensions) of a dataset item or batch."
     return sum(v.numel() * v.element_size() for v in item.values() if isinstance(v, torch.Tensor) and v.ndim >= 3)
 
-def loader_row(ds, workers: int, batch_size: int, epochs: int) -> dict:
-    "Clips/s of a DataLoader over `ds` (persistent workers; the first epoch is the warm-up)."
-    dl = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+def loader_row(ds, workers: int, batch_size: int, epochs: int, keys: tuple[str, ...] | None = None) -> dict:
+    "Clips/s of training's DataLoader over `ds`, batches of the clips `keys` (the first epoch is the warm-up)."
+    dl = clip_loader(ds, batch_size, workers, shuffle=True, keys=keys)
     for _ in dl: pass
     n = nb = 0
     t0 = time.perf_counter()
@@ -172,12 +172,14 @@ def phantom_row(sizes: BenchSizes, n_thin: int = 80, size: int = 128) -> dict:
                 repeat=r['repeat'], phantom=(n_thin, size))
 
 # %% ../../nbs/14f_bench_data.ipynb #273b498e
-def _cache_notes(refs, dc) -> list:
+def _cache_notes(refs, cfg) -> list:
+    dc = cfg.data
     return [f'{len(refs)} case(s); clips at `data.n_frames={dc.n_frames}`, {dc.height}×{dc.width}, '
             f'thick_mode={dc.thick_mode}. MB/s: int16 volume bytes for the cache row, float32 clip bytes '
-            '(thin + thick, or all a training item holds) for the clip rows. The DataLoader rows load training '
-            'items (`formulation` as the preset has it, as `build_dataloaders` does). The prepare rows write a fresh '
-            'cache each run.',
+            '(thin + thick, or all a training item holds) for the clip rows, and the clips a training batch carries '
+            f'({", ".join(training_keys(cfg))}: `training_keys`) for the DataLoader rows, which load training items '
+            '(`formulation` as the preset has it) as `build_dataloaders` does. The prepare rows write a fresh cache '
+            'each run.',
             f'`build_dataloaders` here: {loader_workers(dc.num_workers)} worker(s) for `data.num_workers='
             f'{dc.num_workers}` on {cpu_count_available()} usable CPU(s) (workers need cores to spare: each batch '
             'crosses process boundaries through fresh shared memory).']
@@ -193,6 +195,6 @@ def bench_cache(zips, sizes: BenchSizes, *, cache_dir, quick: bool = False) -> S
     dc = cfg.data
     ds, training = ClipDataset(cases, dc, train=True), ClipDataset(cases, dc, train=True, formulation=cfg.formulation)
     rows += [cache_row(refs, Path(cache_dir) / 'prep0', sizes)] + [clips_row(d, dc, sizes) for d in (ds, training)]
-    rows += [loader_row(training, w, dc.batch_size, 1 if quick else 3) for w in (0, 1, 2)]
+    rows += [loader_row(training, w, dc.batch_size, 1 if quick else 3, training_keys(cfg)) for w in (0, 1, 2)]
     rows.append(phantom_row(sizes, *((16, 64) if quick else (80, 128))))
-    return Section(title, rows, CACHE_COLUMNS, _cache_notes(refs, dc))
+    return Section(title, rows, CACHE_COLUMNS, _cache_notes(refs, cfg))
