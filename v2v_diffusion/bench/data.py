@@ -13,7 +13,8 @@ from .models import BenchSizes
 from .sections import Section
 from .timing import compare, time_fn
 from ..config import get_config
-from ..data import ClipDataset, clip_loader, find_cases, load_case, load_cases, loader_workers
+from ..data import (ClipDataset, clip_loader, collate_clips, find_cases, load_case, load_cases,
+                                loader_workers)
 from ..formulation import training_keys
 from ..dicom import Volume, dicom_series_bytes, read_zip_case
 from ..phantom import phantom_case
@@ -23,7 +24,7 @@ from ..runtime import cpu_count_available
 # %% auto #0
 __all__ = ['INGEST_COLUMNS', 'CACHE_COLUMNS', 'synthetic_volume', 'synthetic_case_zip', 'case_zips', 'bare_pydicom_decode',
            'our_decode', 'ingest_rows', 'bench_ingest', 'refs_for', 'prepare_rows', 'clip_bytes', 'loader_row',
-           'cache_row', 'clips_row', 'phantom_row', 'bench_cache']
+           'handoff_rows', 'cache_row', 'clips_row', 'phantom_row', 'bench_cache']
 
 # %% ../../nbs/14f_bench_data.ipynb #2f33fba3
 def synthetic_volume(hu: np.ndarray, dz: float) -> Volume:
@@ -142,7 +143,20 @@ def loader_row(ds, workers: int, batch_size: int, epochs: int, keys: tuple[str, 
             nb += clip_bytes(b)
     dt = time.perf_counter() - t0
     return dict(what=f'DataLoader, batch {batch_size}, {workers} worker(s)', workers=workers, items=n, unit='clips',
-                s=dt, rate=n / dt, mbs=nb / 2**20 / dt, cached=True, repeat=epochs)
+                s=dt, rate=n / dt, mbs=nb / 2**20 / dt, cached=True, repeat=epochs, batch=batch_size)
+
+def handoff_rows(nbytes: int, sizes: BenchSizes) -> list[dict]:
+    "A batch of `nbytes` copied into fresh shared memory (a worker's collate does that) and into reused memory."
+    src, reused = torch.ones(nbytes // 4), torch.empty(nbytes // 4)
+    def fresh(): torch.empty(0).set_(torch.UntypedStorage._new_shared(src.nbytes)).copy_(src)
+    rows = []
+    for kind, fn, where in (('fresh', fresh, 'fresh shared memory (how a worker hands a batch over)'),
+                            ('reused', lambda: reused.copy_(src), 'reused memory (how the main process collates one)')):
+        r = time_fn(fn, warmup=1, repeat=sizes.repeat)
+        rows.append(dict(what=f'a training batch ({nbytes / 2**20:.1f} MiB) into {where}', items=1, unit='batches',
+                         s=r['median_s'], rate=1 / r['median_s'], mbs=nbytes / 2**20 / r['median_s'], cached=False,
+                         repeat=r['repeat'], handoff=kind))
+    return rows
 
 # %% ../../nbs/14f_bench_data.ipynb #6227c078
 CACHE_COLUMNS = {'what': 'what', 'items': 'items', 'unit': 'unit', 's': 's', 'rate': 'items/s', 'mbs': 'MB/s',
@@ -195,6 +209,8 @@ def bench_cache(zips, sizes: BenchSizes, *, cache_dir, quick: bool = False) -> S
     dc = cfg.data
     ds, training = ClipDataset(cases, dc, train=True), ClipDataset(cases, dc, train=True, formulation=cfg.formulation)
     rows += [cache_row(refs, Path(cache_dir) / 'prep0', sizes)] + [clips_row(d, dc, sizes) for d in (ds, training)]
-    rows += [loader_row(training, w, dc.batch_size, 1 if quick else 3, training_keys(cfg)) for w in (0, 1, 2)]
+    keys = training_keys(cfg)
+    rows += [loader_row(training, w, dc.batch_size, 1 if quick else 3, keys) for w in (0, 1, 2)]
+    rows += handoff_rows(clip_bytes(collate_clips([training[0]] * dc.batch_size, keys)), sizes)
     rows.append(phantom_row(sizes, *((16, 64) if quick else (80, 128))))
     return Section(title, rows, CACHE_COLUMNS, _cache_notes(refs, cfg))
