@@ -55,18 +55,26 @@ def _fsync_dir(d: Path):
     except OSError: pass
     finally: os.close(fd)
 
-def atomic_save(obj, path) -> Path:
-    "`torch.save(obj)` to `path` via temp file + fsync + `os.replace`."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _replace(tmp: Path, path: Path) -> Path:
+    "Rename the complete file `tmp` over `path`, durably."
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+def _saved_tmp(obj, path: Path) -> Path:
+    "`torch.save(obj)` into `<path>.tmp`, fsynced: that temp file, complete."
     tmp = path.with_name(path.name + '.tmp')
     with open(tmp, 'wb') as f:
         torch.save(obj, f)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return path
+    return tmp
+
+def atomic_save(obj, path) -> Path:
+    "`torch.save(obj)` to `path` via temp file + fsync + `os.replace`."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _replace(_saved_tmp(obj, path), path)
 
 def atomic_write_text(path, text: str) -> Path:
     "Write `text` to `path` via a temp file unique to this process, fsync and `os.replace`: all of it or nothing."
@@ -83,8 +91,8 @@ def atomic_write_text(path, text: str) -> Path:
     _fsync_dir(path.parent)
     return path
 
-def _atomic_copy(src: Path, dst: Path) -> str:
-    "Copy `src` to `dst` as an independent file (temp + fsync + `os.replace`); the sha256 of the bytes copied."
+def _copied_tmp(src: Path, dst: Path) -> tuple[Path, str]:
+    "An independent, fsynced copy of `src` at `<dst>.tmp`, and the sha256 of the bytes copied."
     h, tmp = hashlib.sha256(), dst.with_name(dst.name + '.tmp')
     with open(src, 'rb') as fi, open(tmp, 'wb') as fo:
         while block := fi.read(8 << 20):
@@ -92,9 +100,7 @@ def _atomic_copy(src: Path, dst: Path) -> str:
             fo.write(block)
         fo.flush()
         os.fsync(fo.fileno())
-    os.replace(tmp, dst)
-    _fsync_dir(dst.parent)
-    return h.hexdigest()
+    return tmp, h.hexdigest()
 
 # %% ../nbs/09_checkpoint.ipynb #725eea1a
 def checksum_path(path) -> Path:
@@ -109,10 +115,11 @@ def file_sha256(path) -> str:
         while block := f.read(8 << 20): h.update(block)
     return h.hexdigest()
 
-def write_checksum(path, digest: str | None = None, **info) -> Path:
-    "Write the sidecar of `path` (JSON: sha256, bytes, `info`) atomically; call it once the file itself is in place."
+def write_checksum(path, digest: str | None = None, *, of=None, **info) -> Path:
+    "Write the sidecar of `path` (JSON: sha256, bytes, `info`) atomically, describing the file `of` (default `path`)."
     path = Path(path)
-    rec = {'sha256': digest or file_sha256(path), 'bytes': path.stat().st_size, **info}
+    of = path if of is None else Path(of)
+    rec = {'sha256': digest or file_sha256(of), 'bytes': of.stat().st_size, **info}
     return atomic_write_text(checksum_path(path), json.dumps(rec) + '\n')
 
 def read_checksum(path) -> dict | None:
@@ -195,12 +202,18 @@ def _remove_strays(d: Path, suffix: str):
         if (i := parse_checkpoint_name(tmp.name.split('.pt', 1)[0] + '.pt')) and i['suffix'] == suffix:
             tmp.unlink(missing_ok=True)
 
+def _install(tmp: Path, dst: Path, digest: str, info: dict) -> Path:
+    "Rename the complete `tmp` (sha256 `digest`) over `dst`, its sidecar written first (see Checksums)."
+    write_checksum(dst, digest, of=tmp, **info)
+    return _replace(tmp, dst)
+
 def _publish_copy(src: Path, dst: Path, digest: str, info: dict) -> Path:
     "`dst` as an independent copy of `src` (whose sha256 is `digest`) with its own sidecar."
-    checksum_path(dst).unlink(missing_ok=True)
-    if _atomic_copy(src, dst) != digest: raise CheckpointError(f"{src}: changed while it was copied to {dst.name}")
-    write_checksum(dst, digest, **info)
-    return dst
+    tmp, copied = _copied_tmp(src, dst)
+    if copied != digest:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"{src}: changed while it was copied to {dst.name}")
+    return _install(tmp, dst, digest, info)
 
 def save_checkpoint(ckpt: dict, ckpt_dir, *, suffix: str, keep_last: int = 1, is_best: bool = False) -> dict:
     "Write `ckpt` as step, last (and best) files with sha256 sidecars; keep this run's newest `keep_last` step files."
@@ -214,10 +227,9 @@ def save_checkpoint(ckpt: dict, ckpt_dir, *, suffix: str, keep_last: int = 1, is
     _remove_strays(d, suffix)
     info = {'run_id': ckpt.get('run_id'), 'step': int(ckpt['step'])}
     step = d / checkpoint_name('step', suffix, step=ckpt['step'])
-    checksum_path(step).unlink(missing_ok=True)
-    atomic_save(ckpt, step)
-    digest = file_sha256(step)
-    write_checksum(step, digest, **info)
+    tmp = _saved_tmp(ckpt, step)
+    digest = file_sha256(tmp)
+    _install(tmp, step, digest, info)
     paths = {'step': step, 'last': _publish_copy(step, d / checkpoint_name('last', suffix), digest, info)}
     if is_best:
         paths['best'] = _publish_copy(step, d / checkpoint_name('best', suffix, epoch=ckpt['epoch']), digest, info)
