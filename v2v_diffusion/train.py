@@ -30,13 +30,13 @@ from .formulation import (encode, decode, model_condition, model_target, build_u
                                        corrector_target, predict_latents, clip_output, vae_keys, training_keys)
 
 # %% auto #0
-__all__ = ['logger', 'MAX_NONFINITE_STEPS', 'MAX_NONFINITE_STEPS_UNSCALED', 'STAGES', 'Dist', 'setup_distributed',
-           'seed_everything', 'amp_setup', 'get_lr', 'lr_schedule', 'make_optimizer', 'set_lr', 'step_is_finite',
-           'train_step', 'ema_decay_at', 'ema_update', 'ResumableSampler', 'resumable_loader', 'batches', 'RunLog',
-           'progress', 'bar_postfix', 'broadcast_float', 'any_rank', 'barrier', 'preemption_guard', 'clip_metrics',
-           'compare_metrics', 'val_figure', 'RunState', 'Stage', 'make_checkpoint', 'restore', 'save_now',
-           'validate_and_log', 'Hook', 'Loop', 'NonFiniteCheck', 'Progress', 'EMA', 'TrainLog', 'Preemption',
-           'Validation', 'Checkpointing', 'default_hooks', 'wrap_ddp', 'fit', 'stage_summary', 'Data',
+__all__ = ['logger', 'FUSED_ADAMW_DEVICES', 'MAX_NONFINITE_STEPS', 'MAX_NONFINITE_STEPS_UNSCALED', 'STAGES', 'Dist',
+           'setup_distributed', 'seed_everything', 'amp_setup', 'get_lr', 'lr_schedule', 'make_optimizer', 'set_lr',
+           'step_is_finite', 'train_step', 'ema_decay_at', 'ema_update', 'ResumableSampler', 'resumable_loader',
+           'batches', 'RunLog', 'progress', 'bar_postfix', 'broadcast_float', 'any_rank', 'barrier', 'preemption_guard',
+           'clip_metrics', 'compare_metrics', 'val_figure', 'RunState', 'Stage', 'make_checkpoint', 'restore',
+           'save_now', 'validate_and_log', 'Hook', 'Loop', 'NonFiniteCheck', 'Progress', 'EMA', 'TrainLog',
+           'Preemption', 'Validation', 'Checkpointing', 'default_hooks', 'wrap_ddp', 'fit', 'stage_summary', 'Data',
            'fixed_val_batch', 'load_data', 'recon_loss', 'VAELoss', 'validate_vae', 'vae_stage', 'DiffusionLoss',
            'RegressionLoss', 'LatentDataset', 'cache_latents', 'validate_latent', 'find_vae_checkpoint',
            'find_regression_checkpoint', 'frozen_vae', 'training_latents_scale', 'frozen_regressor', 'latent_stage',
@@ -100,12 +100,17 @@ def lr_schedule(t: TrainConfig, max_steps: int) -> dict:
     return dict(lr=t.lr, warmup_steps=t.warmup_steps, max_steps=max_steps, min_lr=t.min_lr)
 
 # %% ../nbs/10_train.ipynb #803d6734
-def make_optimizer(net: nn.Module, t: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    "AdamW over the trainable parameters of `net`; weight decay on matrices only; fused on GPU."
+FUSED_ADAMW_DEVICES = ('cuda', 'cpu')      # device types with PyTorch's fused AdamW kernel
+
+def make_optimizer(net: nn.Module, t: TrainConfig, device: torch.device,
+                   fused: bool | None = None) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters of `net`; weight decay on matrices only; fused where `device` has the kernel
+    (`fused=False`: PyTorch's per-tensor loop)."""
     params = [p for p in net.parameters() if p.requires_grad]
     groups = [{'params': [p for p in params if p.ndim >= 2], 'weight_decay': t.weight_decay},
               {'params': [p for p in params if p.ndim < 2], 'weight_decay': 0.0}]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=(0.9, 0.999), fused=device.type == 'cuda' or None)
+    return torch.optim.AdamW(groups, lr=t.lr, betas=(0.9, 0.999),
+                             fused=device.type in FUSED_ADAMW_DEVICES if fused is None else fused)
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> float:
     "Set `lr` on every parameter group; return it."

@@ -102,7 +102,7 @@ def stage_step(cfg, stage: str, *, precision: str = 'fp16', accum: int = 2, step
     "(zero-argument fn running `steps` real optimizer steps of `accum` micro-batches, objects alive before it)."
     loss_module, net, extras = stage_objects(cfg, stage, device=device)
     batch, t = step_batch(cfg, device=device), with_changes(cfg, {'train.grad_accum': accum}).train
-    opt = make_optimizer(net, t, torch.device('cuda'))            # fused AdamW, as on a GPU
+    opt = make_optimizer(net, t, torch.device(device), fused=True)     # fused AdamW, as on a GPU
     ctx, scaler = autocast_and_scaler(precision, device)
     def run():
         for _ in range(steps):

@@ -200,10 +200,10 @@ class LossOf(nn.Module):
 
     def forward(self, _batch): return self.loss(self.model), {}
 
-def model_step(model: nn.Module, loss, *, precision: str = 'fp32', fused: bool = False, device='cpu'):
+def model_step(model: nn.Module, loss, *, precision: str = 'fp32', fused: bool | None = None, device='cpu'):
     "A zero-argument training step of `model` on `loss(model)`: `train.train_step` with `train.make_optimizer`'s AdamW."
     ctx, scaler = autocast_and_scaler(precision, device)
-    opt = make_optimizer(model, STEP_TRAIN, torch.device('cuda' if fused else device))   # fused for a CUDA device
+    opt = make_optimizer(model, STEP_TRAIN, torch.device(device), fused=fused)   # None: fused where the device has it
     loss_module, batches = LossOf(model, loss), itertools.repeat(None)
     def step(): train_step(loss_module, batches, opt, scaler, ctx, STEP_TRAIN)
     step.track = (model, opt)                 # for `tensor_peak_mb`
