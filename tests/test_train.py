@@ -6,6 +6,7 @@ import pytest
 import torch
 import v2v_diffusion.train as tr
 from v2v_diffusion.checkpoint import CheckpointError, load_checkpoint, load_pipeline
+from v2v_diffusion.runtime import cpu_bf16_native
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,3 +121,21 @@ def test_corrector_builds_on_the_regression(tmp_path, cache_dir):
     p = load_pipeline(out)
     assert p.stage == 'diffusion' and p.regressor is not None and not p.regressor.training
     assert load_pipeline(out, stage='regression').regressor is None
+
+
+def test_bf16_on_the_cpu_trains_and_resumes_exactly(tmp_path, cache_dir, monkeypatch):
+    "`train.precision=bf16` on a CPU: autocast where it has bf16 in hardware (else fp32); fp32 weights, exact resume."
+    kw, seen, amp_setup = dict(vae_steps=1, steps=3, precision='bf16'), [], tr.amp_setup
+    monkeypatch.setattr(tr, 'amp_setup', lambda *a, **k: seen.append(amp_setup(*a, **k)) or seen[-1])
+    straight = tr.train(cfg_for(tmp_path / 'straight', cache_dir, **kw))
+    assert {getattr(ctx, 'fast_dtype', None) for ctx, _ in seen} == {torch.bfloat16 if cpu_bf16_native() else None}
+    ref = load_checkpoint(straight['diffusion']['checkpoints']['last'])
+    assert ref['config']['train']['precision'] == 'bf16'
+    weights = [v for v in ref['models']['unet'].values() if v.is_floating_point()]
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in weights)
+    out = tmp_path / 'stopped'
+    interrupt_at(monkeypatch, 2, 'sigterm')
+    assert tr.train(cfg_for(out, cache_dir, **kw))['preempted']
+    monkeypatch.undo()
+    resumed = tr.train(cfg_for(out, cache_dir, **kw))
+    assert_same_state(ref, load_checkpoint(resumed['diffusion']['checkpoints']['last']))

@@ -103,7 +103,7 @@ class TrainConfig:
     warmup_steps: int = 1000
     min_lr: float = 1e-6
     max_grad_norm: float = 1.0
-    precision: str = 'fp16'             # 'fp32' | 'fp16' | 'bf16' (autocast on GPU; fp32 on CPU)
+    precision: str = 'fp16'             # 'fp32' | 'fp16' | 'bf16' (autocast on GPU; CPU: bf16 if native, else fp32)
     ema_decay: float = 0.9999
     checkpoint_every: int = 1000
     validate_every: int = 1000

@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 # %% auto #0
 __all__ = ['ENV_THREADS', 'ENV_BLAS_THREADS', 'ENV_KEEP_FREED', 'M_TRIM_THRESHOLD', 'M_MMAP_THRESHOLD', 'parse_cpu_max',
            'parse_cfs', 'cgroup_cpu_limit', 'affinity_cpus', 'cpu_count_available', 'num_threads', 'set_torch_threads',
-           'limit_blas_threads', 'keep_freed_memory', 'configure_process']
+           'limit_blas_threads', 'keep_freed_memory', 'configure_process', 'cpu_bf16_native']
 
 # %% ../nbs/01a_runtime.ipynb #8129ac15
 def parse_cpu_max(text: str) -> float | None:
@@ -104,3 +104,8 @@ def configure_process(env=None) -> dict:
     keep = str(env.get(ENV_KEEP_FREED, '1')).strip() != '0' and keep_freed_memory()
     return {'threads': set_torch_threads(num_threads(env)), 'blas_threads': limit_blas_threads(env),
             'keep_freed_memory': keep}
+
+# %% ../nbs/01a_runtime.ipynb #bb2c68a5
+def cpu_bf16_native() -> bool:
+    "Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), as PyTorch reads its CPU features."
+    return any(getattr(torch.cpu, f, lambda: False)() for f in ('_is_avx512_bf16_supported', '_is_amx_tile_supported'))

@@ -24,6 +24,7 @@ from .checkpoint import (NonFiniteError, RunError, nonfinite_tensors, current_ru
                                       folder_lock, atomic_write_text)
 from .metrics import psnr, ssim, ms_ssim, interpolate_clip
 from .data import build_dataloaders
+from .runtime import cpu_bf16_native
 from .vae import VAE, measure_scaling_factor
 from .diffusion import GaussianDiffusion
 from .formulation import (encode, decode, model_condition, model_target, build_unet, regress,
@@ -76,11 +77,14 @@ def seed_everything(seed: int, deterministic: bool = True):
 
 # %% ../nbs/10_train.ipynb #9b538096
 def amp_setup(precision: str, device: torch.device, say: Callable = logger.info) -> tuple:
-    "(autocast context, GradScaler) for `train.precision` on `device`; `say` gets the log line of a fallback."
-    if device.type != 'cuda':
-        if precision != 'fp32': say(f"train.precision={precision} requested, but training on {device.type}: using fp32")
+    """(autocast context, GradScaler) for `train.precision` on `device`; `say` gets the log line of a fallback.
+    Off CUDA: fp32, or bf16 on a CPU that computes it in hardware (`cpu_bf16_native`)."""
+    cpu_bf16 = device.type == 'cpu' and precision == 'bf16'
+    if device.type != 'cuda' and precision != 'fp32' and not (cpu_bf16 and cpu_bf16_native()):
+        why = ' without native bf16 (AVX512-BF16 or AMX)' if cpu_bf16 else ''
+        say(f"train.precision={precision} requested, but training on {device.type}{why}: using fp32")
         precision = 'fp32'
-    elif precision == 'bf16' and not torch.cuda.is_bf16_supported(including_emulation=False):
+    elif device.type == 'cuda' and precision == 'bf16' and not torch.cuda.is_bf16_supported(including_emulation=False):
         say("train.precision=bf16 is not supported on this GPU: using fp16 with loss scaling")
         precision = 'fp16'
     dtype = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(precision)
